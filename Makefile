@@ -1,0 +1,55 @@
+# Mailplane — thin wrappers; `make help` lists them.
+# Everything a fresh machine needs is set up here: uv (pinned) in .tools/, the
+# environment from uv.lock in .venv/, and the Python generated from protos/.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := .tools/bin/uv
+VENV_PY := .venv/bin/python
+PROTOS := $(shell find protos -name '*.proto')
+PROTO_STAMP := protos/.generated
+
+.PHONY: help setup proto run test lint format bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --quiet
+	touch $@
+
+setup: .venv/.synced proto ## create .venv from uv.lock and generate the protos
+
+$(PROTO_STAMP): $(PROTOS) .venv/.synced
+	$(VENV_PY) -m deploy.protogen
+	touch $@
+
+proto: $(PROTO_STAMP) ## generate mailplane.<api>.v1.<api>_pb2 from protos/
+
+run: setup ## start the whole suite (embedded PostgreSQL unless MAILPLANE_DATABASE_URL is set)
+	$(VENV_PY) -m deploy.local
+
+test: setup ## run every test against real PostgreSQL and real servers
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## buf lint + buf format, ruff check + ruff format --check, mypy
+	cd protos && ../.venv/bin/buf lint && ../.venv/bin/buf format --diff --exit-code
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy services gateway deploy
+
+format: setup ## apply buf format and ruff format
+	cd protos && ../.venv/bin/buf format -w
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+bench: setup ## benchmarks (pytest-benchmark)
+	$(VENV_PY) -m pytest benchmarks --benchmark-only
+
+clean: ## remove the environment and generated code (keeps .mailplane/ data)
+	rm -rf .tools .venv $(PROTO_STAMP)
+	find protos -name '*_pb2*.py*' -delete

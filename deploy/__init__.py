@@ -1,0 +1,1 @@
+"""Running Mailplane: the local launcher, the operator CLI and code generation."""

@@ -1,0 +1,1 @@
+"""The REST gateway: one FastAPI app that composes the gRPC services."""

@@ -1,0 +1,1 @@
+"""Mailplane's gRPC services, one package each, and the chassis they share."""

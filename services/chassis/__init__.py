@@ -1,0 +1,7 @@
+"""The microservice chassis every Mailplane service runs on.
+
+Server bootstrap with health and reflection (``server``), the error catalog
+(``errors``), settings (``config``), PostgreSQL pools and migrations (``db``),
+structured logging (``logs``), API-key authentication (``auth``), keyset page
+tokens (``pagination``) and prefixed, time-ordered IDs (``ids``).
+"""

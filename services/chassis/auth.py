@@ -1,0 +1,182 @@
+"""Who is calling: API-key secrets, principals and the short authentication cache.
+
+A secret is ``mp_`` + 33 base62 characters (192 random bits) + a 6-character
+base62 CRC-32 checksum of them, so a mistyped or made-up key is refused without
+a database read. Only its SHA-256 is stored. The chassis interceptor resolves
+``authorization: Bearer <secret>`` metadata to a ``Principal`` through the pods
+service (cached for at most ``auth_cache_seconds``, 5 s by default, so a deleted
+key stops working everywhere within 5 s) and exposes it to servicers through
+``current_principal()``. The service credential travels in its own metadata key,
+``x-mailplane-internal-token``, which the gateway never sets from client input.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import secrets
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from services.chassis.errors import MailplaneError
+
+SECRET_PREFIX = "mp_"
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BODY_LEN = 33  # 62**33 > 2**192
+_CHECK_LEN = 6  # 62**6 > 2**32
+INTERNAL_TOKEN_METADATA = "x-mailplane-internal-token"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one RPC.
+
+    Attributes:
+        account_id: the account a key belongs to; ``None`` for the operator.
+        api_key_id: the key's ID; ``None`` for the operator.
+        operator: whether the caller presented the service credential.
+    """
+
+    account_id: str | None
+    api_key_id: str | None = None
+    operator: bool = False
+
+
+OPERATOR = Principal(account_id=None, operator=True)
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "mailplane_principal", default=None
+)
+
+
+def current_principal() -> Principal | None:
+    """Returns the principal of the RPC being served, or ``None`` if it sent no key."""
+    return _principal.get()
+
+
+def set_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    """Makes ``principal`` the current one; returns the token to reset it."""
+    return _principal.set(principal)
+
+
+def reset_principal(token: contextvars.Token[Principal | None]) -> None:
+    """Restores the principal that ``token`` replaced."""
+    _principal.reset(token)
+
+
+def require_account() -> str:
+    """Returns the calling account's ID.
+
+    Raises:
+        MailplaneError: ``unauthenticated`` when the call carries no account key.
+    """
+    principal = _principal.get()
+    if principal is None or principal.account_id is None:
+        raise MailplaneError(
+            "unauthenticated",
+            "This call needs an API key: send `Authorization: Bearer <key>`.",
+        )
+    return principal.account_id
+
+
+def require_operator() -> None:
+    """Raises ``permission_denied`` unless the caller holds the service credential."""
+    principal = _principal.get()
+    if principal is None or not principal.operator:
+        raise MailplaneError(
+            "permission_denied",
+            "Only the operator may do this: use mailplane-admin with the service credential.",
+        )
+
+
+def _base62(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, digit = divmod(value, 62)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), _CHECK_LEN)
+
+
+def new_secret() -> str:
+    """Returns a new API-key secret: ``mp_`` + 33 + 6 base62 characters (42 in all)."""
+    body = _base62(secrets.randbits(192), _BODY_LEN)
+    return f"{SECRET_PREFIX}{body}{_checksum(body)}"
+
+
+def well_formed(secret: str) -> bool:
+    """Whether ``secret`` has the shape and checksum of a Mailplane key (no I/O)."""
+    if len(secret) != len(SECRET_PREFIX) + _BODY_LEN + _CHECK_LEN:
+        return False
+    if not secret.startswith(SECRET_PREFIX):
+        return False
+    body = secret[len(SECRET_PREFIX) : len(SECRET_PREFIX) + _BODY_LEN]
+    if any(c not in _ALPHABET for c in body):
+        return False
+    return hmac.compare_digest(secret[-_CHECK_LEN:], _checksum(body))
+
+
+def secret_hash(secret: str) -> bytes:
+    """Returns the SHA-256 digest (32 bytes) under which a secret is stored."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def bad_key() -> MailplaneError:
+    """Returns the ``unauthenticated`` error for a malformed, unknown or deleted key."""
+    return MailplaneError(
+        "unauthenticated",
+        "The API key is malformed, unknown or deleted; send a live key as "
+        "`Authorization: Bearer <key>`.",
+    )
+
+
+Resolver = Callable[[str], Awaitable[Principal]]
+
+
+class KeyCache:
+    """Resolves secrets to principals, remembering answers for ``ttl_seconds``.
+
+    Malformed secrets are refused before the resolver is asked. Only successes
+    are cached, keyed by the secret's SHA-256, so a new key works at once and a
+    deleted key stops working within ``ttl_seconds``.
+
+    Args:
+        resolve: asks the source of truth (the pods store, or the pods service
+            over gRPC); raises ``unauthenticated`` for an unknown key.
+        ttl_seconds: how long an answer is trusted; at most 5 s in production.
+        max_entries: the cache's bound; expired entries are dropped past it.
+    """
+
+    def __init__(self, resolve: Resolver, ttl_seconds: float = 5.0, max_entries: int = 10_000):
+        self._resolve = resolve
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+
+    async def authenticate(self, secret: str) -> Principal:
+        """Returns the principal of ``secret``.
+
+        Raises:
+            MailplaneError: ``unauthenticated`` for a malformed or unknown key;
+                ``unavailable`` when the pods service cannot be asked.
+        """
+        if not well_formed(secret):
+            raise bad_key()
+        digest = secret_hash(secret)
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = await self._resolve(secret)
+        if len(self._entries) >= self._max:
+            self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+        self._entries[digest] = (now + self._ttl, principal)
+        return principal

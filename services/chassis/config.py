@@ -1,0 +1,89 @@
+"""Settings, read once at start from ``MAILPLANE_*`` environment variables.
+
+Every setting has a development default, so ``make run`` needs none of them
+(twelve-factor config). Secrets are ``SecretStr`` and never shown in reprs or logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every Mailplane setting; each field ``x`` is read from ``MAILPLANE_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILPLANE_", frozen=True, extra="ignore")
+
+    #: Administrative DSN: used by ``migrate`` to create each service's role and
+    #: schema, and (in one-cluster deployments) as the template of the service DSN.
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    #: This process's own DSN; when unset, ``database_url`` with the service's
+    #: role (``mailplane_<service>``) and ``db_role_password``.
+    service_database_url: SecretStr | None = None
+    #: Password given to the service roles that ``migrate`` creates.
+    db_role_password: SecretStr = SecretStr("mailplane-dev-role")
+    #: Connections per process pool (a small machine: 2-4).
+    db_pool_size: int = 4
+    #: The service credential for operator commands and work no caller started.
+    internal_token: SecretStr = SecretStr("mailplane-dev-internal-token")
+
+    #: Interface the gRPC servers and the gateway listen on.
+    bind_host: str = "127.0.0.1"
+    pods_addr: str = "127.0.0.1:50051"
+    inboxes_addr: str = "127.0.0.1:50052"
+    domains_addr: str = "127.0.0.1:50053"
+    mailboxes_addr: str = "127.0.0.1:50054"
+    gateway_port: int = 8080
+
+    #: The platform's own domain, usable by every pod (DESIGN §1).
+    shared_domain: str = "mailplane.test"
+    #: Where the local launcher keeps the embedded database and the dev key.
+    state_dir: Path = Path(".mailplane")
+
+    #: How long an authenticated key is trusted without asking again (≤ 5 s).
+    auth_cache_seconds: float = 5.0
+    #: Deadline of every call to another service, in seconds.
+    peer_deadline_seconds: float = 5.0
+    #: Intents and pending rows older than this are swept, in seconds.
+    stale_intent_seconds: float = 30.0
+    #: How often each service sweeps, in seconds.
+    sweep_interval_seconds: float = 15.0
+    #: ``auto`` (JSON unless stderr is a TTY), ``json`` or ``console``.
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    def service_dsn(self, service: str) -> str:
+        """Returns the DSN this process uses for ``service``'s own schema.
+
+        Args:
+            service: the service name, which is also its schema (``pods``).
+        """
+        if self.service_database_url is not None:
+            return self.service_database_url.get_secret_value()
+        return with_credentials(
+            self.database_url.get_secret_value(),
+            role_name(service),
+            self.db_role_password.get_secret_value(),
+        )
+
+    def port_of(self, service: str) -> int:
+        """Returns the gRPC port ``service`` listens on, from its ``<service>_addr``."""
+        addr: str = getattr(self, f"{service}_addr")
+        return int(addr.rsplit(":", 1)[1])
+
+
+def role_name(service: str) -> str:
+    """Returns the PostgreSQL role that owns ``service``'s schema."""
+    return f"mailplane_{service}"
+
+
+def with_credentials(dsn: str, user: str, password: str) -> str:
+    """Returns ``dsn`` with its user and password replaced (host, query kept)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,104 @@
+"""PostgreSQL for one service: its own role, its own schema, one asyncpg pool,
+and forward-only migrations.
+
+Migrations are plain SQL files ``NNNN_<verb>_<noun>.sql`` in the service's
+``migrations/`` folder, applied in order, each in its own transaction, and
+recorded in ``<schema>.schema_migrations``. This small runner (rather than a
+migration tool) is used because the work is schema-and-role bootstrap that the
+well-kept tools do not do (create the service role, give it exactly its own
+schema) plus a loop over SQL files, and it keeps one driver (asyncpg) in the
+project; an advisory lock makes concurrent runs safe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+
+from services.chassis.config import role_name
+
+
+async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
+    """Opens the process's one pool; every connection's search_path is ``schema``.
+
+    asyncpg prepares and caches every statement per connection, so repeated
+    queries are sent as prepared statements.
+
+    Args:
+        dsn: the service's own DSN (its role, not the administrator's).
+        schema: the service's schema, e.g. ``pods``.
+        size: the maximum number of connections.
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        server_settings={"search_path": schema, "application_name": f"mailplane-{schema}"},
+    )
+    assert pool is not None
+    return pool
+
+
+async def migrate(admin_dsn: str, service: str, role_password: str, folder: Path) -> list[str]:
+    """Creates the service's role and schema if needed and applies new migrations.
+
+    Args:
+        admin_dsn: a DSN that may create roles and schemas.
+        service: the service name, which is also its schema.
+        role_password: the password the service role logs in with.
+        folder: the folder of ``NNNN_*.sql`` files.
+
+    Returns:
+        The names of the migrations applied by this call, in order.
+    """
+    role = role_name(service)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtext('mailplane-migrate'))")
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        verb = "ALTER" if exists else "CREATE"
+        ddl = await conn.fetchval(
+            "SELECT format('%s ROLE %I LOGIN PASSWORD %L', $1::text, $2::text, $3::text)",
+            verb,
+            role,
+            role_password,
+        )
+        await conn.execute(ddl)
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(
+            await conn.fetchval("SELECT format('GRANT CONNECT ON DATABASE %I TO %I', $1::text, $2::text)", database, role)
+        )
+        await conn.execute(
+            await conn.fetchval(
+                "SELECT format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', $1::text, $2::text)",
+                service,
+                role,
+            )
+        )
+        await conn.execute(
+            await conn.fetchval(
+                "SELECT format('ALTER ROLE %I SET search_path = %I', $1::text, $2::text)",
+                role,
+                service,
+            )
+        )
+        await conn.execute(f'SET ROLE "{role}"')
+        await conn.execute(f'SET search_path = "{service}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for path in sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+            if path.stem in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
+            applied.append(path.stem)
+        await conn.execute("RESET ROLE")
+        return applied
+    finally:
+        await conn.close()

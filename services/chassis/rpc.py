@@ -1,0 +1,209 @@
+"""gRPC plumbing shared by every service: the one interceptor that authenticates,
+logs and maps errors, and the client side of calls to peer services.
+
+The interceptor wraps every unary method except health and reflection. For each
+RPC it reads the caller's credentials from metadata, sets the principal that
+servicers read with ``auth.current_principal()``, turns a ``MailplaneError`` into a
+status with ``google.rpc.ErrorInfo`` (AIP-193), turns anything unexpected into
+``INTERNAL`` without leaking it, and logs one canonical line: method, code,
+duration_ms, account_id, request_id.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.chassis import auth
+from services.chassis.errors import (
+    CATALOG,
+    CODE_OF_BARE_STATUS,
+    ERROR_DOMAIN,
+    MailplaneError,
+    details_from_metadata,
+)
+from services.chassis.logs import get_logger
+
+_log = get_logger("mailplane.rpc")
+_UNWRAPPED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+# The caller's credentials, forwarded on calls this RPC makes to other services.
+_forwarded: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "mailplane_forwarded_metadata", default=()
+)
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "mailplane_request_id", default=""
+)
+
+
+def to_status(error: MailplaneError) -> grpc.Status:
+    """Returns the gRPC status of a catalog error, with its ErrorInfo attached."""
+    grpc_code = grpc.StatusCode[error.entry.grpc_code]
+    info = error_details_pb2.ErrorInfo(
+        reason=error.code.upper(),
+        domain=ERROR_DOMAIN,
+        metadata={k: str(v) for k, v in (error.details or {}).items()},
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    proto = status_pb2.Status(
+        code=getattr(code_pb2, grpc_code.name), message=error.message, details=[detail]
+    )
+    return rpc_status.to_status(proto)
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> MailplaneError:
+    """Returns the catalog error a failed call stands for.
+
+    A status carrying Mailplane's ErrorInfo maps back to its code, message and
+    details; a bare status (a peer down, a deadline passed) maps by its code,
+    ``UNAVAILABLE``/``DEADLINE_EXCEEDED`` to ``unavailable``, and anything else to
+    ``internal``.
+    """
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                code = info.reason.lower()
+                if info.domain == ERROR_DOMAIN and code in CATALOG:
+                    return MailplaneError(
+                        code,  # type: ignore[arg-type]
+                        status.message,
+                        details_from_metadata(dict(info.metadata)),
+                    )
+    bare = CODE_OF_BARE_STATUS.get(error.code().name)
+    if bare == "unavailable":
+        return MailplaneError(
+            "unavailable", "A Mailplane service is unavailable; nothing was changed. Retry shortly."
+        )
+    if bare is not None:
+        return MailplaneError(bare, error.details() or bare.replace("_", " "))
+    return MailplaneError("internal", "An internal error occurred; it has been logged.")
+
+
+def forwarded_metadata() -> tuple[tuple[str, str], ...]:
+    """Returns the caller's credentials and request ID, to forward to a peer."""
+    request_id = _request_id.get()
+    return (*_forwarded.get(), *((("x-request-id", request_id),) if request_id else ()))
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates, maps errors and logs every unary RPC of a service.
+
+    Args:
+        service: the service's name, logged with each line.
+        authenticate: resolves an API-key secret to a ``Principal`` (a ``KeyCache``).
+        internal_token: the service credential, compared in constant time.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        authenticate: Callable[[str], Awaitable[auth.Principal]],
+        internal_token: str,
+    ):
+        self._service = service
+        self._authenticate = authenticate
+        self._internal_token = internal_token.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or handler.unary_unary is None or method.startswith(_UNWRAPPED_PREFIXES):
+            return handler
+        inner: Handler = handler.unary_unary
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+            outcome, account_id = "OK", None
+            tokens: list[Any] = [_request_id.set(request_id)]
+            try:
+                principal = await self._principal(metadata)
+                account_id = principal.account_id if principal else None
+                tokens.append(_forwarded.set(self._to_forward(metadata)))
+                principal_token = auth.set_principal(principal)
+                try:
+                    return await inner(request, context)
+                finally:
+                    auth.reset_principal(principal_token)
+            except MailplaneError as error:
+                outcome = error.entry.grpc_code
+                await context.abort_with_status(to_status(error))
+            except grpc.aio.AbortError:
+                outcome = "ABORTED_BY_HANDLER"
+                raise
+            except Exception:
+                outcome = "INTERNAL"
+                _log.exception("rpc_failed", method=method, request_id=request_id)
+                await context.abort_with_status(
+                    to_status(
+                        MailplaneError(
+                            "internal", "An internal error occurred; it has been logged."
+                        )
+                    )
+                )
+            finally:
+                _log.info(
+                    "rpc",
+                    service=self._service,
+                    method=method,
+                    code=outcome,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    account_id=account_id,
+                    request_id=request_id,
+                )
+                for token in reversed(tokens):
+                    token.var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _principal(self, metadata: dict[str, str]) -> auth.Principal | None:
+        internal = metadata.get(auth.INTERNAL_TOKEN_METADATA)
+        if internal is not None:
+            if hmac.compare_digest(internal.encode(), self._internal_token):
+                return auth.OPERATOR
+            raise MailplaneError("unauthenticated", "The service credential is wrong.")
+        header = metadata.get("authorization")
+        if header is None:
+            return None
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise auth.bad_key()
+        return await self._authenticate(secret.strip())
+
+    @staticmethod
+    def _to_forward(metadata: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        header = metadata.get("authorization")
+        return (("authorization", header),) if header else ()
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    """Opens the process's one channel to a peer service at ``host:port``."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 1)],
+    )

@@ -1,0 +1,149 @@
+"""Serving one Mailplane service: gRPC server, health, reflection, sweeps, shutdown.
+
+Health follows the database: every service name reports SERVING only while a
+``SELECT 1`` answers, NOT_SERVING otherwise, and NOT_SERVING for good once
+shutdown begins (grpcio-health-checking's ``enter_graceful_shutdown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.chassis.rpc import ChassisInterceptor
+from services.chassis.auth import Principal
+from services.chassis.logs import get_logger
+
+_log = get_logger("mailplane.server")
+HEALTH_PROBE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """One gRPC service to mount: its generated ``add_…_to_server`` function, the
+    servicer instance, and its full name (``mailplane.pods.v1.PodService``)."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    instance: Any
+    full_name: str
+
+
+class GrpcService:
+    """A running service process's gRPC side.
+
+    Args:
+        name: the service's name (``pods``), used in logs.
+        pool: the service's asyncpg pool, probed for health.
+        servicers: what to mount.
+        authenticate: resolves API-key secrets (a ``KeyCache``'s ``authenticate``).
+        internal_token: the service credential.
+        sweep: the service's sweep of stale intents and pending rows, run at start
+            and every ``sweep_interval`` seconds; ``None`` when it has none.
+        sweep_interval: seconds between sweeps.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        pool: asyncpg.Pool,
+        servicers: Sequence[Servicer],
+        authenticate: Callable[[str], Awaitable[Principal]],
+        internal_token: str,
+        sweep: Callable[[], Awaitable[object]] | None = None,
+        sweep_interval: float = 15.0,
+    ):
+        self.name = name
+        self._pool = pool
+        self._servicers = servicers
+        self._sweep = sweep
+        self._sweep_interval = sweep_interval
+        self._health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(
+            interceptors=[ChassisInterceptor(name, authenticate, internal_token)],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        names = [s.full_name for s in servicers]
+        for s in servicers:
+            s.add_to_server(s.instance, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        self._health_names = ["", *names]
+
+    async def start(self, host: str, port: int) -> int:
+        """Binds ``host:port`` (0 picks a free port), starts serving and the
+        background probes; returns the bound port."""
+        bound = self._server.add_insecure_port(f"{host}:{port}")
+        await self._set_health(False)
+        await self._server.start()
+        self._tasks.append(asyncio.create_task(self._probe_forever()))
+        if self._sweep is not None:
+            self._tasks.append(asyncio.create_task(self._sweep_forever()))
+        _log.info("service_started", service=self.name, address=f"{host}:{bound}")
+        return bound
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Reports NOT_SERVING, stops the probes and lets in-flight RPCs finish."""
+        await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.stop(grace)
+        _log.info("service_stopped", service=self.name)
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._health_names:
+            await self._health.set(name, status)
+
+    async def _probe_forever(self) -> None:
+        serving: bool | None = None
+        while True:
+            try:
+                ok = await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 2.0) == 1
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                ok = False
+            if ok != serving:
+                serving = ok
+                await self._set_health(ok)
+                _log.info("health_changed", service=self.name, serving=ok)
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+
+    async def _sweep_forever(self) -> None:
+        assert self._sweep is not None
+        while True:
+            try:
+                await self._sweep()
+            except Exception:
+                _log.exception("sweep_failed", service=self.name)
+            await asyncio.sleep(self._sweep_interval)
+
+
+async def run_until_signal(service: GrpcService, host: str, port: int, on_stop: Callable[[], Awaitable[None]]) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully and runs ``on_stop``."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start(host, port)
+    await stop.wait()
+    await service.stop()
+    await on_stop()

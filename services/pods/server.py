@@ -1,0 +1,74 @@
+"""Composition root of the pods service: pool → store → service → servicers → chassis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from mailplane.pods.v1 import pods_pb2_grpc
+from services.chassis import db
+from services.chassis.auth import KeyCache
+from services.chassis.config import Settings
+from services.chassis.server import GrpcService, Servicer
+from services.pods.api import AccountServicer, ApiKeyServicer, PodServicer
+from services.pods.service import PodService
+from services.pods.store import PodStore
+
+NAME = "pods"
+SERVICE_NAMES = (
+    "mailplane.pods.v1.PodService",
+    "mailplane.pods.v1.AccountService",
+    "mailplane.pods.v1.ApiKeyService",
+)
+
+
+@dataclass
+class PodsProcess:
+    """What one running pods service holds; ``close()`` releases it all."""
+
+    pool: asyncpg.Pool
+    service: PodService
+    grpc: GrpcService
+
+    async def close(self) -> None:
+        """Closes the pool (the gRPC side is stopped by ``grpc.stop``)."""
+        await self.pool.close()
+
+
+async def build(settings: Settings) -> PodsProcess:
+    """Builds the pods service from settings; the caller starts ``grpc``.
+
+    Child-service counters are empty until the inboxes, domains and mailboxes
+    services exist (DESIGN §3); their issues add them here.
+    """
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    service = PodService(PodStore(pool), child_counters=())
+    keys = KeyCache(service.authenticate, ttl_seconds=min(settings.auth_cache_seconds, 5.0))
+    servicers = [
+        Servicer(pods_pb2_grpc.add_PodServiceServicer_to_server, PodServicer(service), SERVICE_NAMES[0]),
+        Servicer(
+            pods_pb2_grpc.add_AccountServiceServicer_to_server,
+            AccountServicer(service),
+            SERVICE_NAMES[1],
+        ),
+        Servicer(
+            pods_pb2_grpc.add_ApiKeyServiceServicer_to_server,
+            ApiKeyServicer(service),
+            SERVICE_NAMES[2],
+        ),
+    ]
+
+    async def sweep() -> None:
+        await service.sweep(settings.stale_intent_seconds)
+
+    server = GrpcService(
+        name=NAME,
+        pool=pool,
+        servicers=servicers,
+        authenticate=keys.authenticate,
+        internal_token=settings.internal_token.get_secret_value(),
+        sweep=sweep,
+        sweep_interval=settings.sweep_interval_seconds,
+    )
+    return PodsProcess(pool=pool, service=service, grpc=server)
