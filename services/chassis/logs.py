@@ -41,5 +41,5 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """Returns a bound logger carrying ``logger_name=name``."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name).bind(logger_name=name)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(logger_name=name)
     return logger

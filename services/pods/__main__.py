@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from pathlib import Path
-
 from services.chassis import db, logs
 from services.chassis.config import Settings
 from services.chassis.server import run_until_signal
-from services.pods.server import NAME, build
-
-MIGRATIONS = Path(__file__).parent / "migrations"
+from services.pods.server import MIGRATIONS, NAME, build
 
 
 async def _serve(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
@@ -16,6 +17,7 @@ from services.pods.service import PodService
 from services.pods.store import PodStore
 
 NAME = "pods"
+MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAMES = (
     "mailplane.pods.v1.PodService",
     "mailplane.pods.v1.AccountService",

@@ -1,0 +1,1 @@
+"""The local launcher behind ``make run``."""

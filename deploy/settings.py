@@ -1,0 +1,61 @@
+"""Settings for the tools that run from a checkout: the launcher and the CLI.
+
+The local launcher keeps its generated secrets in ``.mailplane/settings.env``
+(``MAILPLANE_INTERNAL_TOKEN``, ``MAILPLANE_DB_ROLE_PASSWORD``, and the embedded
+database's ``MAILPLANE_DATABASE_URL``); ``mailplane-admin`` reads the same file, so
+run from the checkout it needs no flags or variables. Variables set in the
+environment win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from services.chassis.config import Settings
+
+SETTINGS_FILE = "settings.env"
+
+
+def state_dir() -> Path:
+    """Returns the launcher's state folder (``MAILPLANE_STATE_DIR``, default ``.mailplane``)."""
+    return Path(os.environ.get("MAILPLANE_STATE_DIR", ".mailplane"))
+
+
+def load() -> Settings:
+    """Returns the settings: the environment, then ``<state dir>/settings.env``."""
+    path = state_dir() / SETTINGS_FILE
+    return Settings(_env_file=path if path.exists() else None)  # type: ignore[call-arg]
+
+
+def ensure_local_secrets(folder: Path) -> dict[str, str]:
+    """Creates ``settings.env`` with fresh random secrets on first use; returns its values."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SETTINGS_FILE
+    if not path.exists():
+        path.write_text(
+            f"MAILPLANE_INTERNAL_TOKEN={secrets.token_urlsafe(32)}\n"
+            f"MAILPLANE_DB_ROLE_PASSWORD={secrets.token_urlsafe(24)}\n"
+        )
+        path.chmod(0o600)
+    return read_env_file(path)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parses ``KEY=value`` lines."""
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            values[key.strip()] = value.strip()
+    return values
+
+
+def set_env_value(folder: Path, key: str, value: str) -> None:
+    """Writes ``key=value`` into ``settings.env``, replacing an earlier value."""
+    path = folder / SETTINGS_FILE
+    values = read_env_file(path) if path.exists() else {}
+    values[key] = value
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    path.chmod(0o600)

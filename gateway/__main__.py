@@ -1,0 +1,26 @@
+"""``python -m gateway``: serve the REST gateway with uvicorn on ``MAILPLANE_GATEWAY_PORT``."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.app import create_app
+from services.chassis import logs
+from services.chassis.config import Settings
+
+
+def main() -> None:
+    """Runs uvicorn until SIGTERM or SIGINT (uvicorn shuts down gracefully)."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.gateway_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
