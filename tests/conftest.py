@@ -1,0 +1,179 @@
+"""Shared fixtures: one real PostgreSQL (embedded unless ``MAILPLANE_TEST_DATABASE_URL``
+names a server), a fresh database per test session, the real pods service on a
+real port, and the real gateway over real HTTP. Each test makes its own account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+
+from gateway.app import create_app
+from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
+from services.chassis import db, logs
+from services.chassis.auth import INTERNAL_TOKEN_METADATA
+from services.chassis.config import Settings
+from services.pods import server as pods_server
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An administrative DSN of a database made for this test session."""
+    import os
+
+    base = os.environ.get("MAILPLANE_TEST_DATABASE_URL")
+    server = None
+    if base is None:
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+        base = server.get_uri()
+    name = f"mailplane_test_{secrets.token_hex(4)}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(base)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+
+    asyncio.run(create())
+    parts = urlsplit(base)
+    yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def settings(admin_dsn: str) -> Settings:
+    """Settings of the in-process suite: fresh secrets and free ports."""
+    logs.configure("warning", "console")
+    return Settings(
+        database_url=admin_dsn,
+        internal_token=secrets.token_urlsafe(24),
+        db_role_password=secrets.token_urlsafe(12),
+        pods_addr=f"127.0.0.1:{free_port()}",
+        gateway_port=free_port(),
+        peer_deadline_seconds=3.0,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def pods(settings: Settings) -> AsyncIterator[pods_server.PodsProcess]:
+    """The real pods service, migrated and serving on ``settings.pods_addr``."""
+    await db.migrate(
+        settings.database_url.get_secret_value(),
+        "pods",
+        settings.db_role_password.get_secret_value(),
+        pods_server.MIGRATIONS,
+    )
+    process = await pods_server.build(settings)
+    await process.grpc.start("127.0.0.1", settings.port_of("pods"))
+    yield process
+    await process.grpc.stop(0.5)
+    await process.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def pods_channel(
+    pods: pods_server.PodsProcess, settings: Settings
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A real channel to the pods service."""
+    async with grpc.aio.insecure_channel(settings.pods_addr) as channel:
+        yield channel
+
+
+@pytest_asyncio.fixture(scope="session")
+async def gateway_url(pods: pods_server.PodsProcess, settings: Settings) -> AsyncIterator[str]:
+    """The gateway served by uvicorn on a real port; returns its base URL."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=settings.gateway_port,
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{settings.gateway_port}"
+    server.should_exit = True
+    await task
+
+
+@pytest_asyncio.fixture(scope="session")
+async def http(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the gateway."""
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as client:
+        yield client
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An account made for one test, with its first key."""
+
+    account_id: str
+    key: str
+    default_pod_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """REST headers carrying the key."""
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata carrying the key."""
+        return (("authorization", f"Bearer {self.key}"),)
+
+
+@pytest.fixture(scope="session")
+def operator_metadata(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying the service credential."""
+    return ((INTERNAL_TOKEN_METADATA, settings.internal_token.get_secret_value()),)
+
+
+@pytest_asyncio.fixture
+async def make_tenant(pods_channel: grpc.aio.Channel, operator_metadata: tuple[tuple[str, str], ...]):  # type: ignore[no-untyped-def]
+    """Returns a coroutine function creating a fresh account: ``await make_tenant(plan=…)``."""
+
+    async def make(name: str = "Test account", plan: int = pods_pb2.PLAN_TRIAL) -> Tenant:
+        created = await pods_pb2_grpc.AccountServiceStub(pods_channel).CreateAccount(
+            pods_pb2.CreateAccountRequest(name=name, plan=plan), metadata=operator_metadata
+        )
+        return Tenant(created.account.id, created.api_key, created.default_pod.id)
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def tenant(make_tenant) -> Tenant:  # type: ignore[no-untyped-def]
+    """A fresh account for this test."""
+    return await make_tenant()  # type: ignore[no-any-return]
+
+
+@pytest_asyncio.fixture
+async def other_tenant(make_tenant) -> Tenant:  # type: ignore[no-untyped-def]
+    """A second fresh account, for isolation tests."""
+    return await make_tenant("Other account")  # type: ignore[no-any-return]
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
