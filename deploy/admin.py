@@ -20,9 +20,9 @@ import sys
 from typing import Any
 
 import grpc
+from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from deploy import settings as local_settings
-from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
 from services.chassis.rpc import from_rpc_error, open_channel

@@ -15,8 +15,8 @@ from typing import Annotated
 import grpc
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-
 from mailplane.pods.v1 import pods_pb2_grpc
+
 from services.chassis.errors import MailplaneError
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer mp_…`")

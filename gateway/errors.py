@@ -30,16 +30,21 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="The catalog code, e.g. `pod_not_empty`.")
     message: str = Field(description="What is wrong and what to do about it.")
-    statusCode: int = Field(description="The HTTP status, repeated.")  # noqa: N815
+    statusCode: int = Field(description="The HTTP status, repeated.")
     details: dict[str, Any] | None = Field(
-        description="Facts for programs, e.g. counts: `{\"inboxes\": 3}`; null when none."
+        description='Facts for programs, e.g. counts: `{"inboxes": 3}`; null when none.'
     )
 
 
 def error_response(error: MailplaneError) -> JSONResponse:
     """Renders a catalog error as its HTTP response."""
     status = error.entry.http_status
-    body = {"error": error.code, "message": error.message, "statusCode": status, "details": error.details}
+    body = {
+        "error": error.code,
+        "message": error.message,
+        "statusCode": status,
+        "details": error.details,
+    }
     return JSONResponse(body, status_code=status)
 
 
@@ -65,7 +70,9 @@ def _validation_error(exc: RequestValidationError) -> MailplaneError:
     field = _field_of(tuple(first.get("loc", ())))
     if kind == "json_invalid":
         return MailplaneError(
-            "invalid_argument", "The request body is not valid JSON; send a JSON object.", {"field": "body"}
+            "invalid_argument",
+            "The request body is not valid JSON; send a JSON object.",
+            {"field": "body"},
         )
     if kind == "extra_forbidden":
         problem = "is not a field of this request; remove it."
@@ -109,4 +116,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         _log.exception("request_failed", path=request.url.path)
-        return error_response(MailplaneError("internal", "An internal error occurred; it has been logged."))
+        return error_response(
+            MailplaneError("internal", "An internal error occurred; it has been logged.")
+        )

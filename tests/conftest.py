@@ -19,9 +19,9 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from gateway.app import create_app
-from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 from services.chassis import db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
@@ -112,7 +112,7 @@ async def gateway_url(pods: pods_server.PodsProcess, settings: Settings) -> Asyn
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.02)
     yield f"http://127.0.0.1:{settings.gateway_port}"
     server.should_exit = True
@@ -152,7 +152,9 @@ def operator_metadata(settings: Settings) -> tuple[tuple[str, str], ...]:
 
 
 @pytest_asyncio.fixture
-async def make_tenant(pods_channel: grpc.aio.Channel, operator_metadata: tuple[tuple[str, str], ...]):  # type: ignore[no-untyped-def]
+async def make_tenant(
+    pods_channel: grpc.aio.Channel, operator_metadata: tuple[tuple[str, str], ...]
+):  # type: ignore[no-untyped-def]
     """Returns a coroutine function creating a fresh account: ``await make_tenant(plan=…)``."""
 
     async def make(name: str = "Test account", plan: int = pods_pb2.PLAN_TRIAL) -> Tenant:

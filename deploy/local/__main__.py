@@ -19,18 +19,16 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from deploy import settings as local_settings
-from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 from services.chassis import db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
@@ -115,6 +113,10 @@ async def _dev_api_key(settings: Settings, state: Path) -> str:
     return created.api_key
 
 
+async def _spawn(env: dict[str, str], *module_args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", *module_args, env=env)
+
+
 async def _run(state: Path) -> int:
     file_values = local_settings.ensure_local_secrets(state)
     admin_dsn, embedded = _database_url(state, file_values)
@@ -123,7 +125,7 @@ async def _run(state: Path) -> int:
     env = {**file_values, **os.environ, "MAILPLANE_DATABASE_URL": admin_dsn}
     os.environ.update(env)
     settings = Settings()
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[asyncio.subprocess.Process] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,8 +137,8 @@ async def _run(state: Path) -> int:
             )
             _log.info("migrated", service=name, applied=applied)
         for _, _, module in SERVICES:
-            children.append(subprocess.Popen([sys.executable, "-m", module, "serve"], env=env))
-        children.append(subprocess.Popen([sys.executable, "-m", "gateway"], env=env))
+            children.append(await _spawn(env, module, "serve"))
+        children.append(await _spawn(env, "gateway"))
         deadline = loop.time() + START_TIMEOUT_SECONDS
         for name, _, _ in SERVICES:
             await _wait_serving(getattr(settings, f"{name}_addr"), deadline)
@@ -152,7 +154,7 @@ async def _run(state: Path) -> int:
         )
         sys.stdout.flush()
         while not stop.is_set():
-            if any(child.poll() is not None for child in children):
+            if any(child.returncode is not None for child in children):
                 _log.error("child_exited", codes=[c.returncode for c in children])
                 return 1
             with contextlib.suppress(TimeoutError):
@@ -160,13 +162,14 @@ async def _run(state: Path) -> int:
         return 0
     finally:
         for child in children:
-            if child.poll() is None:
+            if child.returncode is None:
                 child.send_signal(signal.SIGTERM)
         for child in children:
             try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(child.wait(), 15)
+            except TimeoutError:
                 child.kill()
+                await child.wait()
         if embedded is not None:
             embedded.cleanup()
         _log.info("stopped")

@@ -6,12 +6,12 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, Path
+from mailplane.pods.v1 import pods_pb2
 from pydantic import Field
 
 from gateway.deps import CallerCall
 from gateway.errors import documented
 from gateway.routes.common import Deleted, PageLimit, PageToken, RequestBody, Resource, time_of
-from mailplane.pods.v1 import pods_pb2
 
 router = APIRouter(tags=["account"])
 
@@ -75,7 +75,9 @@ def _key_of(message: pods_pb2.ApiKey) -> dict[str, object]:
     }
 
 
-@router.get("/v1/account", response_model=Account, responses=documented(), summary="Get the account")
+@router.get(
+    "/v1/account", response_model=Account, responses=documented(), summary="Get the account"
+)
 async def get_account(call: CallerCall) -> Account:
     """Returns the caller's account: its plan and state."""
     account = await call.stubs.accounts.GetAccount(

@@ -31,9 +31,7 @@ class Deleted(Resource):
     deleted: bool = Field(True, description="Always true.")
 
 
-PageLimit = Annotated[
-    int, Query(ge=1, le=100, description="Page size, 1-100.")
-]
+PageLimit = Annotated[int, Query(ge=1, le=100, description="Page size, 1-100.")]
 PageToken = Annotated[
     str | None,
     Query(alias="pageToken", description="`nextPageToken` of the previous page."),

@@ -6,12 +6,12 @@ from datetime import datetime
 
 from fastapi import APIRouter, Path
 from google.protobuf import field_mask_pb2
+from mailplane.pods.v1 import pods_pb2
 from pydantic import Field
 
 from gateway.deps import CallerCall
 from gateway.errors import documented
 from gateway.routes.common import Deleted, PageLimit, PageToken, RequestBody, Resource, time_of
-from mailplane.pods.v1 import pods_pb2
 
 router = APIRouter(prefix="/v1/pods", tags=["pods"])
 PodRef = Path(description="The pod's ID or clientId.")
@@ -137,7 +137,9 @@ async def update_pod(call: CallerCall, body: UpdatePodBody, pod: str = PodRef) -
 @router.delete(
     "/{pod}",
     response_model=Deleted,
-    responses=documented("pod_not_found", "default_pod", "pod_not_empty", "pod_has_domains", "pod_busy"),
+    responses=documented(
+        "pod_not_found", "default_pod", "pod_not_empty", "pod_has_domains", "pod_busy"
+    ),
     summary="Delete a pod",
 )
 async def delete_pod(call: CallerCall, pod: str = PodRef) -> Deleted:

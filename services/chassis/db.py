@@ -12,6 +12,7 @@ project; an advisory lock makes concurrent runs safe.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import asyncpg
@@ -52,37 +53,20 @@ async def migrate(admin_dsn: str, service: str, role_password: str, folder: Path
     Returns:
         The names of the migrations applied by this call, in order.
     """
-    role = role_name(service)
+    if not re.fullmatch(r"[a-z]+", service):
+        raise ValueError(f"service name {service!r} is not a plain lower-case identifier")
+    role = role_name(service)  # safe to quote as identifiers: [a-z_]+ only
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock(hashtext('mailplane-migrate'))")
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        password = await conn.fetchval("SELECT quote_literal($1::text)", role_password)
         verb = "ALTER" if exists else "CREATE"
-        ddl = await conn.fetchval(
-            "SELECT format('%s ROLE %I LOGIN PASSWORD %L', $1::text, $2::text, $3::text)",
-            verb,
-            role,
-            role_password,
-        )
-        await conn.execute(ddl)
-        database = await conn.fetchval("SELECT current_database()")
-        await conn.execute(
-            await conn.fetchval("SELECT format('GRANT CONNECT ON DATABASE %I TO %I', $1::text, $2::text)", database, role)
-        )
-        await conn.execute(
-            await conn.fetchval(
-                "SELECT format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', $1::text, $2::text)",
-                service,
-                role,
-            )
-        )
-        await conn.execute(
-            await conn.fetchval(
-                "SELECT format('ALTER ROLE %I SET search_path = %I', $1::text, $2::text)",
-                role,
-                service,
-            )
-        )
+        database = await conn.fetchval("SELECT quote_ident(current_database())")
+        await conn.execute(f'{verb} ROLE "{role}" LOGIN PASSWORD {password}')
+        await conn.execute(f'GRANT CONNECT ON DATABASE {database} TO "{role}"')
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{service}" AUTHORIZATION "{role}"')
+        await conn.execute(f'ALTER ROLE "{role}" SET search_path = "{service}"')
         await conn.execute(f'SET ROLE "{role}"')
         await conn.execute(f'SET search_path = "{service}"')
         await conn.execute(
@@ -91,14 +75,19 @@ async def migrate(admin_dsn: str, service: str, role_password: str, folder: Path
         )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         applied = []
-        for path in sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-            if path.stem in done:
+        for version, sql in migration_files(folder):
+            if version in done:
                 continue
             async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
-            applied.append(path.stem)
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            applied.append(version)
         await conn.execute("RESET ROLE")
         return applied
     finally:
         await conn.close()
+
+
+def migration_files(folder: Path) -> list[tuple[str, str]]:
+    """Returns ``(version, sql)`` of every ``NNNN_*.sql`` file in ``folder``, in order."""
+    return [(p.stem, p.read_text()) for p in sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql"))]

@@ -171,9 +171,7 @@ def invalid_argument(field: str, problem: str) -> MailplaneError:
         field: the field as the caller named it (``clientId``).
         problem: what is wrong and how to fix it, completing "`field` …".
     """
-    return MailplaneError(
-        "invalid_argument", f"`{field}` {problem}", {"field": field}
-    )
+    return MailplaneError("invalid_argument", f"`{field}` {problem}", {"field": field})
 
 
 def details_from_metadata(metadata: dict[str, str]) -> dict[str, int | str] | None:

@@ -133,7 +133,9 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            metadata = {
+                k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+            }
             request_id = metadata.get("x-request-id") or uuid.uuid4().hex
             outcome, account_id = "OK", None
             tokens: list[Any] = [_request_id.set(request_id)]

@@ -19,9 +19,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.chassis.rpc import ChassisInterceptor
 from services.chassis.auth import Principal
 from services.chassis.logs import get_logger
+from services.chassis.rpc import ChassisInterceptor
 
 _log = get_logger("mailplane.server")
 HEALTH_PROBE_SECONDS = 2.0
@@ -67,7 +67,8 @@ class GrpcService:
         self._servicers = servicers
         self._sweep = sweep
         self._sweep_interval = sweep_interval
-        self._health = health.aio.HealthServicer()
+        #: grpcio-health-checking's servicer: SERVING only while the database answers.
+        self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
             interceptors=[ChassisInterceptor(name, authenticate, internal_token)],
             options=[("grpc.so_reuseport", 0)],
@@ -76,11 +77,11 @@ class GrpcService:
         names = [s.full_name for s in servicers]
         for s in servicers:
             s.add_to_server(s.instance, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self._health_names = ["", *names]
+        self.health_names = ["", *names]
 
     async def start(self, host: str, port: int) -> int:
         """Binds ``host:port`` (0 picks a free port), starts serving and the
@@ -96,7 +97,7 @@ class GrpcService:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Reports NOT_SERVING, stops the probes and lets in-flight RPCs finish."""
-        await self._health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -111,15 +112,15 @@ class GrpcService:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in self._health_names:
-            await self._health.set(name, status)
+        for name in self.health_names:
+            await self.health.set(name, status)
 
     async def _probe_forever(self) -> None:
         serving: bool | None = None
         while True:
             try:
                 ok = await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 2.0) == 1
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 ok = False
             if ok != serving:
                 serving = ok
@@ -137,7 +138,9 @@ class GrpcService:
             await asyncio.sleep(self._sweep_interval)
 
 
-async def run_until_signal(service: GrpcService, host: str, port: int, on_stop: Callable[[], Awaitable[None]]) -> None:
+async def run_until_signal(
+    service: GrpcService, host: str, port: int, on_stop: Callable[[], Awaitable[None]]
+) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully and runs ``on_stop``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

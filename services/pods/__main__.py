@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+
 from services.chassis import db, logs
 from services.chassis.config import Settings
 from services.chassis.server import run_until_signal

@@ -10,8 +10,8 @@ from datetime import datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
-
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
+
 from services.chassis import auth
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.pods.models import Account, ApiKey, Pod
@@ -70,7 +70,11 @@ def account_to_pb(account: Account) -> pods_pb2.Account:
 def api_key_to_pb(key: ApiKey) -> pods_pb2.ApiKey:
     """Converts an API-key model to its message (it has no secret)."""
     return pods_pb2.ApiKey(
-        id=key.id, name=key.name, prefix=key.prefix, last4=key.last4, create_time=_ts(key.created_at)
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        last4=key.last4,
+        create_time=_ts(key.created_at),
     )
 
 

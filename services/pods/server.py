@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-
 from mailplane.pods.v1 import pods_pb2_grpc
+
 from services.chassis import db
 from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
@@ -48,7 +48,9 @@ async def build(settings: Settings) -> PodsProcess:
     service = PodService(PodStore(pool), child_counters=())
     keys = KeyCache(service.authenticate, ttl_seconds=min(settings.auth_cache_seconds, 5.0))
     servicers = [
-        Servicer(pods_pb2_grpc.add_PodServiceServicer_to_server, PodServicer(service), SERVICE_NAMES[0]),
+        Servicer(
+            pods_pb2_grpc.add_PodServiceServicer_to_server, PodServicer(service), SERVICE_NAMES[0]
+        ),
         Servicer(
             pods_pb2_grpc.add_AccountServiceServicer_to_server,
             AccountServicer(service),

@@ -238,7 +238,9 @@ class PodService:
         return pod.id
 
     async def _count_children(self, account_id: str, pod_id: str) -> dict[str, int]:
-        results = await asyncio.gather(*(count(account_id, pod_id) for count in self._child_counters))
+        results = await asyncio.gather(
+            *(count(account_id, pod_id) for count in self._child_counters)
+        )
         counts: dict[str, int] = {}
         for result in results:
             counts.update(result)
@@ -275,7 +277,9 @@ class PodService:
         )
         return key, secret
 
-    async def list_api_keys(self, account_id: str, size: int, token: str) -> tuple[list[ApiKey], str]:
+    async def list_api_keys(
+        self, account_id: str, size: int, token: str
+    ) -> tuple[list[ApiKey], str]:
         """Returns a page of the account's keys, oldest first, and the next token."""
         page = await self._store.list_api_keys(
             account_id, pagination.decode("api_keys", token), pagination.page_size(size)

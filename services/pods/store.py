@@ -82,7 +82,9 @@ ORDER BY created_at, id
 LIMIT $4
 """
 DELETE_API_KEY = "DELETE FROM api_keys WHERE account_id = $1 AND id = $2 RETURNING id"
-SELECT_API_KEY_BY_HASH = "SELECT id, account_id, secret_sha256 FROM api_keys WHERE secret_sha256 = $1"
+SELECT_API_KEY_BY_HASH = (
+    "SELECT id, account_id, secret_sha256 FROM api_keys WHERE secret_sha256 = $1"
+)
 
 
 def _account(row: asyncpg.Record) -> Account:
@@ -150,10 +152,18 @@ class PodStore:
         """Inserts an account, its default pod and its first key in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
             account = _account(await conn.fetchrow(INSERT_ACCOUNT, account_id, name, plan))
-            pod = _pod(await conn.fetchrow(INSERT_POD, default_pod_id, account_id, None, "Default", True))
+            pod = _pod(
+                await conn.fetchrow(INSERT_POD, default_pod_id, account_id, None, "Default", True)
+            )
             key = _api_key(
                 await conn.fetchrow(
-                    INSERT_API_KEY, key_id, account_id, "Default key", key_hash, key_prefix, key_last4
+                    INSERT_API_KEY,
+                    key_id,
+                    account_id,
+                    "Default key",
+                    key_hash,
+                    key_prefix,
+                    key_last4,
                 )
             )
         return account, pod, key

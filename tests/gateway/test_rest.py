@@ -103,14 +103,18 @@ async def test_duplicate_client_id_answers_409(http: httpx.AsyncClient, tenant: 
 async def test_bad_pod_fields_answer_400_naming_the_field(
     http: httpx.AsyncClient, tenant: Tenant, payload: dict[str, Any], field: str
 ) -> None:
-    body = assert_error(await http.post("/v1/pods", json=payload, headers=tenant.headers), 400, "invalid_argument")
+    body = assert_error(
+        await http.post("/v1/pods", json=payload, headers=tenant.headers), 400, "invalid_argument"
+    )
     assert body["details"] == {"field": field} and f"`{field}`" in body["message"]
     listing = (await http.get("/v1/pods", headers=tenant.headers)).json()
     assert len(listing["pods"]) == 1  # nothing was created
 
 
 @pytest.mark.parametrize("raw", [b"{bad", b"[1, 2]", b'"text"', b"null x"])
-async def test_malformed_bodies_answer_400(http: httpx.AsyncClient, tenant: Tenant, raw: bytes) -> None:
+async def test_malformed_bodies_answer_400(
+    http: httpx.AsyncClient, tenant: Tenant, raw: bytes
+) -> None:
     response = await http.post(
         "/v1/pods", content=raw, headers={**tenant.headers, "content-type": "application/json"}
     )
@@ -121,33 +125,57 @@ async def test_bad_patch_bodies_answer_400(http: httpx.AsyncClient, tenant: Tena
     await http.post("/v1/pods", json={"clientId": "p"}, headers=tenant.headers)
     for payload, field in (({"name": 1}, "name"), ({"isDefault": True}, "isDefault")):
         body = assert_error(
-            await http.patch("/v1/pods/p", json=payload, headers=tenant.headers), 400, "invalid_argument"
+            await http.patch("/v1/pods/p", json=payload, headers=tenant.headers),
+            400,
+            "invalid_argument",
         )
         assert body["details"] == {"field": field}
 
 
 @pytest.mark.parametrize(
-    ("params", "field"), [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "x"}, "limit"), ({"pageToken": "zzz"}, "pageToken")]
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"pageToken": "zzz"}, "pageToken"),
+    ],
 )
 async def test_bad_list_parameters_answer_400(
     http: httpx.AsyncClient, tenant: Tenant, params: dict[str, Any], field: str
 ) -> None:
-    body = assert_error(await http.get("/v1/pods", params=params, headers=tenant.headers), 400, "invalid_argument")
+    body = assert_error(
+        await http.get("/v1/pods", params=params, headers=tenant.headers), 400, "invalid_argument"
+    )
     assert body["details"] == {"field": field}
 
 
 async def test_default_pod_cannot_be_deleted(http: httpx.AsyncClient, tenant: Tenant) -> None:
     assert_error(
-        await http.delete(f"/v1/pods/{tenant.default_pod_id}", headers=tenant.headers), 409, "default_pod"
+        await http.delete(f"/v1/pods/{tenant.default_pod_id}", headers=tenant.headers),
+        409,
+        "default_pod",
     )
 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer mp_wrong"}, {"Authorization": "Basic dXNlcg=="}, {"X-API-Key": "nope"}],
+    [
+        {},
+        {"Authorization": "Bearer mp_wrong"},
+        {"Authorization": "Basic dXNlcg=="},
+        {"X-API-Key": "nope"},
+    ],
 )
-async def test_missing_or_bad_keys_answer_401(http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    for method, path in (("GET", "/v1/pods"), ("POST", "/v1/pods"), ("GET", "/v1/account"), ("GET", "/v1/api-keys")):
+async def test_missing_or_bad_keys_answer_401(
+    http: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    for method, path in (
+        ("GET", "/v1/pods"),
+        ("POST", "/v1/pods"),
+        ("GET", "/v1/account"),
+        ("GET", "/v1/api-keys"),
+    ):
         assert_error(await http.request(method, path, headers=headers), 401, "unauthenticated")
 
 
@@ -164,7 +192,9 @@ async def test_pod_routes_never_reach_another_account(
     ).json()
     for ref in (theirs["id"], "theirs", other_tenant.default_pod_id):
         for method, body in (("GET", None), ("PATCH", {"name": "x"}), ("DELETE", None)):
-            response = await http.request(method, f"/v1/pods/{ref}", json=body, headers=tenant.headers)
+            response = await http.request(
+                method, f"/v1/pods/{ref}", json=body, headers=tenant.headers
+            )
             assert_error(response, 404, "pod_not_found")
     mine = (await http.get("/v1/pods", headers=tenant.headers)).json()["pods"]
     assert [p["id"] for p in mine] == [tenant.default_pod_id]
@@ -176,7 +206,10 @@ async def test_concurrent_creates_with_one_client_id_yield_exactly_one_pod(
     http: httpx.AsyncClient, tenant: Tenant
 ) -> None:
     responses = await asyncio.gather(
-        *(http.post("/v1/pods", json={"clientId": "race"}, headers=tenant.headers) for _ in range(20))
+        *(
+            http.post("/v1/pods", json={"clientId": "race"}, headers=tenant.headers)
+            for _ in range(20)
+        )
     )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [409] * 19
@@ -214,17 +247,31 @@ async def test_api_key_routes(http: httpx.AsyncClient, tenant: Tenant) -> None:
     assert (await http.get("/v1/pods", headers=new_key)).status_code == 200
     deleted = await http.delete(f"/v1/api-keys/{key['id']}", headers=tenant.headers)
     assert deleted.json() == {"id": key["id"], "deleted": True}
-    assert_error(await http.delete(f"/v1/api-keys/{key['id']}", headers=tenant.headers), 404, "api_key_not_found")
+    assert_error(
+        await http.delete(f"/v1/api-keys/{key['id']}", headers=tenant.headers),
+        404,
+        "api_key_not_found",
+    )
     for payload, field in (({}, "name"), ({"name": ""}, "name"), ({"name": 3}, "name")):
-        body = assert_error(await http.post("/v1/api-keys", json=payload, headers=tenant.headers), 400, "invalid_argument")
+        body = assert_error(
+            await http.post("/v1/api-keys", json=payload, headers=tenant.headers),
+            400,
+            "invalid_argument",
+        )
         assert body["details"] == {"field": field}
 
 
 async def test_another_accounts_key_id_is_not_found(
     http: httpx.AsyncClient, tenant: Tenant, other_tenant: Tenant
 ) -> None:
-    theirs = (await http.post("/v1/api-keys", json={"name": "x"}, headers=other_tenant.headers)).json()
-    assert_error(await http.delete(f"/v1/api-keys/{theirs['id']}", headers=tenant.headers), 404, "api_key_not_found")
+    theirs = (
+        await http.post("/v1/api-keys", json={"name": "x"}, headers=other_tenant.headers)
+    ).json()
+    assert_error(
+        await http.delete(f"/v1/api-keys/{theirs['id']}", headers=tenant.headers),
+        404,
+        "api_key_not_found",
+    )
     keys = (await http.get("/v1/api-keys", headers=tenant.headers)).json()["apiKeys"]
     assert theirs["id"] not in [k["id"] for k in keys]
 
@@ -257,16 +304,23 @@ async def test_openapi_documents_every_route_field_and_error(http: httpx.AsyncCl
     assert set(spec["components"]["schemas"]["ErrorBody"]["properties"]) == ERROR_FIELDS
 
 
-async def test_a_service_that_is_down_answers_503_unavailable(settings: Settings, tenant: Tenant) -> None:
-    dead = settings.model_copy(update={"pods_addr": f"127.0.0.1:{free_port()}", "peer_deadline_seconds": 1.0})
+async def test_a_service_that_is_down_answers_503_unavailable(
+    settings: Settings, tenant: Tenant
+) -> None:
+    dead = settings.model_copy(
+        update={"pods_addr": f"127.0.0.1:{free_port()}", "peer_deadline_seconds": 1.0}
+    )
     app = create_app(dead)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=transport, base_url="http://gateway"
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
+    ):
         assert_error(await client.get("/v1/pods", headers=tenant.headers), 503, "unavailable")
         assert_error(
-            await client.post("/v1/pods", json={"clientId": "x"}, headers=tenant.headers), 503, "unavailable"
+            await client.post("/v1/pods", json={"clientId": "x"}, headers=tenant.headers),
+            503,
+            "unavailable",
         )
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["services"]["pods"] != "SERVING"

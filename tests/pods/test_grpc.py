@@ -12,8 +12,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
+
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from tests.conftest import Tenant
 
@@ -33,7 +33,9 @@ def pod_stub(pods_channel: grpc.aio.Channel) -> pods_pb2_grpc.PodServiceStub:
     return pods_pb2_grpc.PodServiceStub(pods_channel)
 
 
-async def test_calls_without_a_key_are_unauthenticated(pod_stub: pods_pb2_grpc.PodServiceStub) -> None:
+async def test_calls_without_a_key_are_unauthenticated(
+    pod_stub: pods_pb2_grpc.PodServiceStub,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await pod_stub.ListPods(pods_pb2.ListPodsRequest())
     assert reason_of(err.value)[:2] == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
@@ -48,7 +50,9 @@ async def test_bad_keys_are_unauthenticated(
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_pod_lifecycle_over_grpc(pod_stub: pods_pb2_grpc.PodServiceStub, tenant: Tenant) -> None:
+async def test_pod_lifecycle_over_grpc(
+    pod_stub: pods_pb2_grpc.PodServiceStub, tenant: Tenant
+) -> None:
     md = tenant.metadata
     pod = await pod_stub.CreatePod(
         pods_pb2.CreatePodRequest(pod=pods_pb2.Pod(client_id="acme", name="Acme")), metadata=md
@@ -74,10 +78,14 @@ async def test_errors_carry_status_and_error_info(
     pod_stub: pods_pb2_grpc.PodServiceStub, tenant: Tenant
 ) -> None:
     md = tenant.metadata
-    await pod_stub.CreatePod(pods_pb2.CreatePodRequest(pod=pods_pb2.Pod(client_id="dup")), metadata=md)
+    await pod_stub.CreatePod(
+        pods_pb2.CreatePodRequest(pod=pods_pb2.Pod(client_id="dup")), metadata=md
+    )
     cases = [
         (
-            pod_stub.CreatePod(pods_pb2.CreatePodRequest(pod=pods_pb2.Pod(client_id="dup")), metadata=md),
+            pod_stub.CreatePod(
+                pods_pb2.CreatePodRequest(pod=pods_pb2.Pod(client_id="dup")), metadata=md
+            ),
             grpc.StatusCode.ALREADY_EXISTS,
             "CLIENT_ID_TAKEN",
         ),
@@ -87,7 +95,9 @@ async def test_errors_carry_status_and_error_info(
             "POD_NOT_FOUND",
         ),
         (
-            pod_stub.DeletePod(pods_pb2.DeletePodRequest(pod_id=tenant.default_pod_id), metadata=md),
+            pod_stub.DeletePod(
+                pods_pb2.DeletePodRequest(pod_id=tenant.default_pod_id), metadata=md
+            ),
             grpc.StatusCode.FAILED_PRECONDITION,
             "DEFAULT_POD",
         ),
@@ -119,11 +129,15 @@ async def test_operator_methods_need_the_service_credential(
     accounts = pods_pb2_grpc.AccountServiceStub(pods_channel)
     keys = pods_pb2_grpc.ApiKeyServiceStub(pods_channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await accounts.CreateAccount(pods_pb2.CreateAccountRequest(name="x"), metadata=tenant.metadata)
+        await accounts.CreateAccount(
+            pods_pb2.CreateAccountRequest(name="x"), metadata=tenant.metadata
+        )
     assert reason_of(err.value)[:2] == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await accounts.SetAccountPlan(
-            pods_pb2.SetAccountPlanRequest(account_id=tenant.account_id, plan=pods_pb2.PLAN_ENTERPRISE),
+            pods_pb2.SetAccountPlanRequest(
+                account_id=tenant.account_id, plan=pods_pb2.PLAN_ENTERPRISE
+            ),
             metadata=tenant.metadata,
         )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -29,7 +29,7 @@ async def test_account_is_created_with_its_default_pod_listed_first(service: Pod
     assert default.is_default and default.account_id == account.id
     await service.create_pod(account.id, "b", None)
     pods, token = await service.list_pods(account.id, 0, "")
-    assert [p.id for p in pods][0] == default.id
+    assert pods[0].id == default.id
     assert sum(p.is_default for p in pods) == 1 and token == ""
     assert (await service.authenticate(secret)).account_id == account.id
 
@@ -229,7 +229,9 @@ async def test_listing_is_keyset_paged_and_stable_under_inserts(service: PodServ
     assert seen[1:6] == [p.id for p in created]
 
 
-@pytest.mark.parametrize(("size", "token"), [(101, ""), (-1, ""), (10, "garbage"), (10, "WyJhcGlfa2V5cyJd")])
+@pytest.mark.parametrize(
+    ("size", "token"), [(101, ""), (-1, ""), (10, "garbage"), (10, "WyJhcGlfa2V5cyJd")]
+)
 async def test_listing_rejects_bad_page_size_and_tokens(
     service: PodService, size: int, token: str
 ) -> None:
@@ -243,7 +245,10 @@ async def test_plan_and_state_changes(service: PodService) -> None:
     account = await new_account(service)
     assert (await service.set_plan(account, "enterprise")).plan == "enterprise"
     assert (await service.set_state(account, "expired")).state == "expired"
-    for call in (service.set_plan("acct_missing", "trial"), service.set_state("acct_missing", "active")):
+    for call in (
+        service.set_plan("acct_missing", "trial"),
+        service.set_state("acct_missing", "active"),
+    ):
         with pytest.raises(MailplaneError) as err:
             await call
         assert err.value.code == "account_not_found"

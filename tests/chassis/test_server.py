@@ -1,0 +1,116 @@
+"""The chassis: health follows the database, shutdown reports NOT_SERVING, and
+unexpected failures become INTERNAL without leaking what went wrong."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.chassis import auth, db
+from services.chassis.config import Settings
+from services.chassis.errors import MailplaneError
+from services.chassis.rpc import ChassisInterceptor, from_rpc_error
+from services.chassis.server import GrpcService
+from services.pods.server import PodsProcess
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def wait_for_status(channel: grpc.aio.Channel, wanted: int, seconds: float = 10.0) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while True:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        if reply.status == wanted:
+            return
+        assert loop.time() < give_up, f"health stayed {reply.status}"
+        await asyncio.sleep(0.1)
+
+
+async def never(secret: str) -> auth.Principal:
+    raise auth.bad_key()
+
+
+async def test_health_follows_the_database_and_shutdown(
+    pods: PodsProcess, settings: Settings
+) -> None:
+    pool = await db.create_pool(settings.service_dsn("pods"), "pods", 1)
+    service = GrpcService(
+        name="probe", pool=pool, servicers=[], authenticate=never, internal_token="t"
+    )
+    port = await service.start("127.0.0.1", 0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await wait_for_status(channel, SERVING)
+        await pool.close()  # the database stops answering this service
+        await wait_for_status(channel, NOT_SERVING)
+    await service.stop(0.1)
+
+
+async def test_graceful_shutdown_reports_not_serving(pods: PodsProcess, settings: Settings) -> None:
+    pool = await db.create_pool(settings.service_dsn("pods"), "pods", 1)
+    service = GrpcService(
+        name="probe", pool=pool, servicers=[], authenticate=never, internal_token="t"
+    )
+    port = await service.start("127.0.0.1", 0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await wait_for_status(channel, SERVING)
+    await service.stop(0.1)
+    # The health servicer itself, after shutdown began: NOT_SERVING for good.
+    reply = await service.health.Check(health_pb2.HealthCheckRequest(), None)
+    assert reply.status == NOT_SERVING
+    await pool.close()
+
+
+async def test_service_role_cannot_read_another_schema(pods: PodsProcess, settings: Settings) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        await admin.execute("CREATE SCHEMA IF NOT EXISTS otherservice")
+        await admin.execute("CREATE TABLE IF NOT EXISTS otherservice.secrets (x int)")
+    finally:
+        await admin.close()
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await pods.pool.fetch("SELECT * FROM otherservice.secrets")
+
+
+async def test_unexpected_errors_become_internal_without_details() -> None:
+    async def boom(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise RuntimeError("database password is hunter2")
+
+    async def catalog(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise MailplaneError("pod_not_empty", "Pod still has 2 inboxes.", {"inboxes": 2})
+
+    server = grpc.aio.server(interceptors=[ChassisInterceptor("test", never, "t")])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Probe",
+                {
+                    "Boom": grpc.unary_unary_rpc_method_handler(boom),
+                    "Catalog": grpc.unary_unary_rpc_method_handler(catalog),
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Probe/Boom")(b"")
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert "hunter2" not in (err.value.details() or "")
+            assert from_rpc_error(err.value).code == "internal"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Probe/Catalog")(b"")
+            mapped = from_rpc_error(err.value)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert (mapped.code, mapped.details) == ("pod_not_empty", {"inboxes": 2})
+    finally:
+        await server.stop(0)

@@ -1,0 +1,171 @@
+"""End to end: the real processes started the way ``make run`` starts them, called
+over real HTTP, by a reflection-only gRPC client (no .proto files) and by
+``mailplane-admin``; Ctrl-C stops everything; a restart keeps data and key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from tests.conftest import REPO_ROOT, free_port
+
+START_SECONDS = 90
+
+
+class Suite:
+    """One ``python -m deploy.local`` process and how to reach it."""
+
+    def __init__(self, state: Path):
+        self.state = state
+        self.pods_port = free_port()
+        self.gateway_port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPLANE_")}
+        self.env.update(
+            MAILPLANE_STATE_DIR=str(state),
+            MAILPLANE_PODS_ADDR=f"127.0.0.1:{self.pods_port}",
+            MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
+            MAILPLANE_LOG_FORMAT="json",
+        )
+        self.process: subprocess.Popen[str] | None = None
+        self.banner = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deploy.local"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + START_SECONDS
+        lines = []
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line and self.process.poll() is not None:
+                break
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                self.banner = "".join(lines)
+                return
+        raise AssertionError(f"the suite did not start: {''.join(lines)}")
+
+    def interrupt(self) -> int:
+        """Sends Ctrl-C's SIGINT and returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=60)
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "mailplane-admin"), *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    running = Suite(tmp_path_factory.mktemp("state"))
+    running.start()
+    yield running
+    if running.process is not None and running.process.poll() is None:
+        running.interrupt()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def reflective_call(
+    address: str, method: str, request_json: dict[str, str], key: str
+) -> dict[str, object]:
+    """Calls ``/package.Service/Method`` knowing nothing but what reflection tells."""
+    from google.protobuf import json_format
+
+    service_name, method_name = method.strip("/").split("/")
+    with grpc.insecure_channel(address) as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        descriptor = pool.FindServiceByName(service_name).FindMethodByName(method_name)
+        request_class = message_factory.GetMessageClass(descriptor.input_type)
+        response_class = message_factory.GetMessageClass(descriptor.output_type)
+        call = channel.unary_unary(
+            method,
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        request = json_format.ParseDict(request_json, request_class())
+        response = call(request, metadata=(("authorization", f"Bearer {key}"),), timeout=10)
+        return json_format.MessageToDict(response)
+
+
+def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite) -> None:
+    key = (suite.state / "dev-api-key").read_text().strip()
+    assert key in suite.banner and suite.url in suite.banner
+    headers = {"Authorization": f"Bearer {key}"}
+
+    created = httpx.post(
+        f"{suite.url}/v1/pods", json={"clientId": "acme", "name": "Acme"}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    pod_id = created.json()["id"]
+    listed = httpx.get(f"{suite.url}/v1/pods", headers=headers).json()
+    assert [p["clientId"] for p in listed["pods"]] == [None, "acme"]
+    assert httpx.get(f"{suite.url}/readyz").json()["status"] == "ready"
+
+    got = reflective_call(
+        f"127.0.0.1:{suite.pods_port}",
+        "/mailplane.pods.v1.PodService/GetPod",
+        {"podId": "acme"},
+        key,
+    )
+    assert got["id"] == pod_id and got["name"] == "Acme"
+
+    made = suite.admin("create-account", "--name", "Globex", "--plan", "starter")
+    assert made.returncode == 0, made.stderr
+    account = json.loads(made.stdout)
+    assert account["accountId"].startswith("acct_") and account["apiKey"].startswith("mp_")
+    theirs = {"Authorization": f"Bearer {account['apiKey']}"}
+    assert httpx.get(f"{suite.url}/v1/account", headers=theirs).json()["plan"] == "starter"
+    assert httpx.get(f"{suite.url}/v1/pods/acme", headers=theirs).status_code == 404
+    assert (
+        json.loads(suite.admin("set-plan", account["accountId"], "growth").stdout)["plan"]
+        == "growth"
+    )
+    expired = json.loads(suite.admin("set-state", account["accountId"], "expired").stdout)
+    assert expired["state"] == "expired"
+    missing = suite.admin("set-plan", "acct_missing", "growth")
+    assert missing.returncode == 1 and json.loads(missing.stderr)["error"] == "account_not_found"
+
+    assert suite.interrupt() == 0
+    assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
+    assert not (suite.state / "pgdata" / "postmaster.pid").exists()
+
+    suite.start()  # again: the data and the key are kept
+    assert (suite.state / "dev-api-key").read_text().strip() == key
+    again = httpx.get(f"{suite.url}/v1/pods/acme", headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == pod_id
