@@ -47,8 +47,8 @@ format: setup ## apply buf format and ruff format
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-bench: setup ## benchmarks (pytest-benchmark)
-	$(VENV_PY) -m pytest benchmarks --benchmark-only
+bench: setup ## latency/throughput of the hot paths on the real suite
+	$(VENV_PY) -m pytest benchmarks -q -s -p no:randomly
 
 clean: ## remove the environment and generated code (keeps .mailplane/ data)
 	rm -rf .tools .venv $(PROTO_STAMP)

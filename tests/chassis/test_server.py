@@ -66,7 +66,9 @@ async def test_graceful_shutdown_reports_not_serving(pods: PodsProcess, settings
     await pool.close()
 
 
-async def test_service_role_cannot_read_another_schema(pods: PodsProcess, settings: Settings) -> None:
+async def test_service_role_cannot_read_another_schema(
+    pods: PodsProcess, settings: Settings
+) -> None:
     import asyncpg
 
     admin = await asyncpg.connect(settings.database_url.get_secret_value())
