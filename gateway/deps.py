@@ -17,6 +17,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from mailplane.pods.v1 import pods_pb2_grpc
 
+from services.chassis import auth
 from services.chassis.errors import MailplaneError
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer mp_…`")
@@ -62,14 +63,16 @@ def _caller_call(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key_header)],
 ) -> Call:
-    key = bearer.credentials if bearer is not None else api_key
+    key = (bearer.credentials if bearer is not None else api_key or "").strip()
     if not key:
         raise MailplaneError(
             "unauthenticated",
             "Send your API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
         )
+    if not auth.well_formed(key):  # refused here, before any call: no lookup for junk
+        raise auth.bad_key()
     metadata = (
-        ("authorization", f"Bearer {key.strip()}"),
+        ("authorization", f"Bearer {key}"),
         ("x-request-id", request.state.request_id),
     )
     state = request.app.state

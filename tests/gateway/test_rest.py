@@ -165,10 +165,14 @@ async def test_default_pod_cannot_be_deleted(http: httpx.AsyncClient, tenant: Te
         {"Authorization": "Bearer mp_wrong"},
         {"Authorization": "Basic dXNlcg=="},
         {"X-API-Key": "nope"},
+        {"Authorization": "Bearer mp_\u00e9abc".encode()},  # raw UTF-8 bytes
+        {"X-API-Key": "\u0001"},
+        # Well-formed with a right checksum, but no such key: refused by the pods service.
+        {"Authorization": "Bearer mp_00000000000000000000000000000000026BYXP"},
     ],
 )
 async def test_missing_or_bad_keys_answer_401(
-    http: httpx.AsyncClient, headers: dict[str, str]
+    http: httpx.AsyncClient, headers: dict[str, str | bytes]
 ) -> None:
     for method, path in (
         ("GET", "/v1/pods"),
