@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import httpx
-
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
+
 from tests.conftest import Tenant
 
 REQUESTS = 2000
