@@ -4,9 +4,11 @@ unexpected failures become INTERNAL without leaking what went wrong."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.chassis import auth, db
@@ -36,34 +38,35 @@ async def never(secret: str) -> auth.Principal:
     raise auth.bad_key()
 
 
-async def test_health_follows_the_database_and_shutdown(
-    pods: PodsProcess, settings: Settings
-) -> None:
+@pytest_asyncio.fixture
+async def probe(pods: PodsProcess, settings: Settings) -> AsyncIterator[tuple[GrpcService, int]]:
+    """A bare chassis service on its own one-connection pool; yields it and its port."""
     pool = await db.create_pool(settings.service_dsn("pods"), "pods", 1)
     service = GrpcService(
         name="probe", pool=pool, servicers=[], authenticate=never, internal_token="t"
     )
     port = await service.start("127.0.0.1", 0)
+    yield service, port
+    await service.stop(0.1)
+    await pool.close()
+
+
+async def test_health_follows_the_database(probe: tuple[GrpcService, int]) -> None:
+    service, port = probe
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await wait_for_status(channel, SERVING)
-        await pool.close()  # the database stops answering this service
+        await service._pool.close()  # the database stops answering this service
         await wait_for_status(channel, NOT_SERVING)
-    await service.stop(0.1)
 
 
-async def test_graceful_shutdown_reports_not_serving(pods: PodsProcess, settings: Settings) -> None:
-    pool = await db.create_pool(settings.service_dsn("pods"), "pods", 1)
-    service = GrpcService(
-        name="probe", pool=pool, servicers=[], authenticate=never, internal_token="t"
-    )
-    port = await service.start("127.0.0.1", 0)
+async def test_graceful_shutdown_reports_not_serving(probe: tuple[GrpcService, int]) -> None:
+    service, port = probe
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await wait_for_status(channel, SERVING)
     await service.stop(0.1)
     # The health servicer itself, after shutdown began: NOT_SERVING for good.
     reply = await service.health.Check(health_pb2.HealthCheckRequest(), None)
     assert reply.status == NOT_SERVING
-    await pool.close()
 
 
 async def test_service_role_cannot_read_another_schema(
