@@ -1,7 +1,8 @@
 """Settings for the tools that run from a checkout: the launcher and the CLI.
 
 The local launcher keeps its generated secrets in ``.mailplane/settings.env``
-(``MAILPLANE_INTERNAL_TOKEN``, ``MAILPLANE_DB_ROLE_PASSWORD``, and the embedded
+(``MAILPLANE_INTERNAL_TOKEN``, ``MAILPLANE_DB_ROLE_PASSWORD``,
+``MAILPLANE_DKIM_ENCRYPTION_KEY``, and the embedded
 database's ``MAILPLANE_DATABASE_URL``); ``mailplane-admin`` reads the same file, so
 run from the checkout it needs no flags or variables. Variables set in the
 environment win over the file.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+
+from cryptography.fernet import Fernet
 
 from services.chassis.config import Settings
 
@@ -29,16 +32,23 @@ def load() -> Settings:
     return Settings(_env_file=path if path.exists() else None)  # type: ignore[call-arg]
 
 
+#: The secrets the launcher generates once and keeps, and how each is made.
+LOCAL_SECRETS = {
+    "MAILPLANE_INTERNAL_TOKEN": lambda: secrets.token_urlsafe(32),
+    "MAILPLANE_DB_ROLE_PASSWORD": lambda: secrets.token_urlsafe(24),
+    "MAILPLANE_DKIM_ENCRYPTION_KEY": lambda: Fernet.generate_key().decode(),
+}
+
+
 def ensure_local_secrets(folder: Path) -> dict[str, str]:
-    """Creates ``settings.env`` with fresh random secrets on first use; returns its values."""
+    """Adds any missing secret to ``settings.env`` (fresh random values, kept across
+    runs); returns the file's values."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SETTINGS_FILE
-    if not path.exists():
-        path.write_text(
-            f"MAILPLANE_INTERNAL_TOKEN={secrets.token_urlsafe(32)}\n"
-            f"MAILPLANE_DB_ROLE_PASSWORD={secrets.token_urlsafe(24)}\n"
-        )
-        path.chmod(0o600)
+    values = read_env_file(path) if path.exists() else {}
+    for key, make in LOCAL_SECRETS.items():
+        if key not in values:
+            set_env_value(folder, key, make())
     return read_env_file(path)
 
 

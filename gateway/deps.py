@@ -15,6 +15,7 @@ from typing import Annotated
 import grpc
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from mailplane.domains.v1 import domains_pb2_grpc
 from mailplane.pods.v1 import pods_pb2_grpc
 
 from services.chassis import auth
@@ -31,6 +32,7 @@ class Stubs:
     pods: pods_pb2_grpc.PodServiceStub
     accounts: pods_pb2_grpc.AccountServiceStub
     api_keys: pods_pb2_grpc.ApiKeyServiceStub
+    domains: domains_pb2_grpc.DomainServiceStub
 
     @classmethod
     def over(cls, channels: dict[str, grpc.aio.Channel]) -> Stubs:
@@ -40,6 +42,7 @@ class Stubs:
             pods=pods_pb2_grpc.PodServiceStub(pods),
             accounts=pods_pb2_grpc.AccountServiceStub(pods),
             api_keys=pods_pb2_grpc.ApiKeyServiceStub(pods),
+            domains=domains_pb2_grpc.DomainServiceStub(channels["domains"]),
         )
 
 

@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -19,12 +20,16 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from cryptography.fernet import Fernet
+from dnslib import MX, QTYPE, RR, TXT
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from gateway.app import create_app
 from services.chassis import db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
+from services.domains import server as domains_server
 from services.pods import server as pods_server
 
 
@@ -61,34 +66,95 @@ def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.cleanup()
 
 
+class Zone(BaseResolver):  # type: ignore[misc]
+    """A DNS zone the tests fill: ``(name, "MX"|"TXT") → [rdata]``; served by dnslib."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[Any]] = {}
+        self.port = free_port()
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        for rdata in self.records.get((name, QTYPE[request.q.qtype]), []):
+            reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=1))
+        return reply
+
+    def publish(self, name: str, rtype: str, value: str) -> None:
+        """Adds a record; TXT values longer than 255 bytes are split into strings."""
+        if rtype == "MX":
+            priority, host = value.split()
+            rdata: Any = MX(host, int(priority))
+        else:
+            rdata = TXT([value[i : i + 255] for i in range(0, len(value), 255)])
+        self.records.setdefault((name.lower(), rtype), []).append(rdata)
+
+    def clear(self, name: str, rtype: str) -> None:
+        """Removes every record at a name and type."""
+        self.records.pop((name.lower(), rtype), None)
+
+
 @pytest.fixture(scope="session")
-def settings(admin_dsn: str) -> Settings:
-    """Settings of the in-process suite: fresh secrets and free ports."""
+def dns_zone() -> Iterator[Zone]:
+    """A real DNS server on loopback (UDP) serving a zone the tests fill."""
+    zone = Zone()
+    server = DNSServer(zone, port=zone.port, address="127.0.0.1", logger=DNSLogger("-"))
+    server.start_thread()
+    yield zone
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
+    """Settings of the in-process suite: fresh secrets, free ports, the test DNS."""
     logs.configure("warning", "console")
     return Settings(
         database_url=admin_dsn,
         internal_token=secrets.token_urlsafe(24),
         db_role_password=secrets.token_urlsafe(12),
+        dkim_encryption_key=Fernet.generate_key().decode(),
         pods_addr=f"127.0.0.1:{free_port()}",
+        domains_addr=f"127.0.0.1:{free_port()}",
         gateway_port=free_port(),
         peer_deadline_seconds=3.0,
+        dns_nameservers=f"127.0.0.1:{dns_zone.port}",
+        dns_timeout_seconds=2.0,
     )
 
 
 @pytest_asyncio.fixture(scope="session")
-async def pods(settings: Settings) -> AsyncIterator[pods_server.PodsProcess]:
-    """The real pods service, migrated and serving on ``settings.pods_addr``."""
-    await db.migrate(
-        settings.database_url.get_secret_value(),
-        "pods",
-        settings.db_role_password.get_secret_value(),
-        pods_server.MIGRATIONS,
-    )
-    process = await pods_server.build(settings)
-    await process.grpc.start("127.0.0.1", settings.port_of("pods"))
-    yield process
-    await process.grpc.stop(0.5)
-    await process.close()
+async def services(
+    settings: Settings,
+) -> AsyncIterator[tuple[pods_server.PodsProcess, domains_server.DomainsProcess]]:
+    """The real pods and domains services, migrated and serving on their addresses."""
+    admin = settings.database_url.get_secret_value()
+    password = settings.db_role_password.get_secret_value()
+    await db.migrate(admin, "pods", password, pods_server.MIGRATIONS)
+    await db.migrate(admin, "domains", password, domains_server.MIGRATIONS)
+    pods = await pods_server.build(settings)
+    domains = await domains_server.build(settings)
+    await pods.grpc.start("127.0.0.1", settings.port_of("pods"))
+    await domains.grpc.start("127.0.0.1", settings.port_of("domains"))
+    yield pods, domains
+    for process in (domains, pods):
+        await process.grpc.stop(0.5)
+        await process.close()
+
+
+@pytest.fixture(scope="session")
+def pods(
+    services: tuple[pods_server.PodsProcess, domains_server.DomainsProcess],
+) -> pods_server.PodsProcess:
+    """The running pods service."""
+    return services[0]
+
+
+@pytest.fixture(scope="session")
+def domains(
+    services: tuple[pods_server.PodsProcess, domains_server.DomainsProcess],
+) -> domains_server.DomainsProcess:
+    """The running domains service."""
+    return services[1]
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -41,6 +41,20 @@ class Settings(BaseSettings):
 
     #: The platform's own domain, usable by every pod (DESIGN §1).
     shared_domain: str = "mailplane.test"
+    #: The MX target custom domains publish (receiving), and its priority.
+    mail_host: str = "mx.mailplane.test"
+    mx_priority: int = 10
+    #: The SPF include custom domains publish (sending).
+    spf_include: str = "spf.mailplane.test"
+    #: DNS resolvers for domain verification, ``host:port`` comma-separated;
+    #: empty means the system resolver.
+    dns_nameservers: str = ""
+    #: Seconds one DNS lookup may take.
+    dns_timeout_seconds: float = 3.0
+    #: Fernet key (urlsafe base64 of 32 bytes) that encrypts DKIM private keys at
+    #: rest; the domains service refuses to start without it (the local launcher
+    #: generates one).
+    dkim_encryption_key: SecretStr | None = None
     #: Where the local launcher keeps the embedded database and the dev key.
     state_dir: Path = Path(".mailplane")
 

@@ -10,6 +10,7 @@ module imports no transport library, so services can raise from ``service.py``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +51,7 @@ Code = Literal[
     "shared_domain_address",
     "folder_in_use",
     "pod_busy",
+    "domain_busy",
     "method_not_allowed",
     "unavailable",
     "internal",
@@ -119,7 +121,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "shared_domain_address",
         "folder_in_use",
     ),
-    **_entries(409, "ABORTED", "pod_busy"),
+    **_entries(409, "ABORTED", "pod_busy", "domain_busy"),
     **_entries(503, "UNAVAILABLE", "unavailable"),
     **_entries(500, "INTERNAL", "internal"),
 }
@@ -147,13 +149,13 @@ class MailplaneError(Exception):
             ints or strings (they travel as ErrorInfo metadata strings).
     """
 
-    def __init__(self, code: Code, message: str, details: dict[str, int | str] | None = None):
+    def __init__(self, code: Code, message: str, details: Mapping[str, int | str] | None = None):
         if code not in CATALOG:
             raise ValueError(f"unknown error code {code}")
         super().__init__(message)
         self.code: Code = code
         self.message = message
-        self.details = details
+        self.details = dict(details) if details is not None else None
 
     @property
     def entry(self) -> CatalogEntry:

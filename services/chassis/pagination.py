@@ -12,10 +12,12 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from services.chassis.errors import invalid_argument
 
+T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 
@@ -63,3 +65,11 @@ def decode(listing: str, token: str) -> list[Any] | None:
             "pageToken", "is not a token this listing gave; omit it to start from the first page."
         )
     return values[1:]
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing and the sort key that resumes after it (``None`` at the end)."""
+
+    items: list[T]
+    next_key: list[object] | None

@@ -203,6 +203,54 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return (("authorization", header),) if header else ()
 
 
+async def call_peer(
+    method: Callable[..., Any], request: Any, *, deadline: float, metadata: Any = None
+) -> Any:
+    """Calls a peer service, forwarding the caller's credentials by default.
+
+    Args:
+        method: a stub's method, e.g. ``pods_stub.GetPod``.
+        request: its request message.
+        deadline: the deadline, in seconds.
+        metadata: metadata to send instead of the caller's (the service
+            credential, for work no caller started).
+
+    Raises:
+        MailplaneError: the peer's catalog error, or ``unavailable`` when the peer
+            is down or the deadline passed.
+    """
+    try:
+        return await method(
+            request,
+            metadata=metadata if metadata is not None else forwarded_metadata(),
+            timeout=deadline,
+        )
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
+
+
+def pods_key_resolver(
+    channel: grpc.aio.Channel, internal_token: str, timeout: float
+) -> auth.Resolver:
+    """Returns a resolver that authenticates secrets through the pods service's
+    ``AuthenticateApiKey``, with the service credential (for a ``KeyCache``)."""
+    from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
+
+    stub = pods_pb2_grpc.ApiKeyServiceStub(channel)
+    metadata = ((auth.INTERNAL_TOKEN_METADATA, internal_token),)
+
+    async def resolve(secret: str) -> auth.Principal:
+        reply = await call_peer(
+            stub.AuthenticateApiKey,
+            pods_pb2.AuthenticateApiKeyRequest(secret=secret),
+            deadline=timeout,
+            metadata=metadata,
+        )
+        return auth.Principal(account_id=reply.account_id, api_key_id=reply.api_key_id)
+
+    return resolve
+
+
 def open_channel(address: str) -> grpc.aio.Channel:
     """Opens the process's one channel to a peer service at ``host:port``."""
     return grpc.aio.insecure_channel(

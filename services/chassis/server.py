@@ -7,19 +7,23 @@ shutdown begins (grpcio-health-checking's ``enter_graceful_shutdown``).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.chassis import db, logs
 from services.chassis.auth import Principal
+from services.chassis.config import Settings
 from services.chassis.logs import get_logger
 from services.chassis.rpc import ChassisInterceptor
 
@@ -150,3 +154,44 @@ async def run_until_signal(
     await stop.wait()
     await service.stop()
     await on_stop()
+
+
+class ServiceProcess(Protocol):
+    """What a service's ``build(settings)`` returns."""
+
+    grpc: GrpcService
+
+    async def close(self) -> None:
+        """Releases the pool and channels."""
+
+
+def service_main(
+    name: str, migrations: Path, build: Callable[[Settings], Awaitable[ServiceProcess]]
+) -> None:
+    """The ``python -m services.<name> serve|migrate`` command of every service.
+
+    ``serve`` runs until SIGTERM/SIGINT; ``migrate`` creates the service's role and
+    schema with ``MAILPLANE_DATABASE_URL`` and applies its migrations.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    parser.add_argument("command", choices=["serve", "migrate"])
+    command = parser.parse_args().command
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+
+    async def serve() -> None:
+        process = await build(settings)
+        await run_until_signal(
+            process.grpc, settings.bind_host, settings.port_of(name), process.close
+        )
+
+    async def migrate() -> None:
+        applied = await db.migrate(
+            settings.database_url.get_secret_value(),
+            name,
+            settings.db_role_password.get_secret_value(),
+            migrations,
+        )
+        _log.info("migrated", service=name, applied=applied)
+
+    asyncio.run(serve() if command == "serve" else migrate())

@@ -4,33 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
-T = TypeVar("T")
+from services.chassis.plans import PlanName
 
-PlanName = Literal["trial", "starter", "growth", "enterprise"]
 AccountState = Literal["active", "expired"]
 PodState = Literal["active", "deleting"]
 
-PLANS: tuple[PlanName, ...] = ("trial", "starter", "growth", "enterprise")
 ACCOUNT_STATES: tuple[AccountState, ...] = ("active", "expired")
-
-
-@dataclass(frozen=True)
-class PlanLimits:
-    """What a plan allows (DESIGN §4 plan table); ``None`` means unlimited."""
-
-    inboxes: int | None
-    mailboxes: int | None
-    domains: int | None
-
-
-PLAN_LIMITS: dict[PlanName, PlanLimits] = {
-    "trial": PlanLimits(inboxes=3, mailboxes=1, domains=1),
-    "starter": PlanLimits(inboxes=10, mailboxes=3, domains=3),
-    "growth": PlanLimits(inboxes=100, mailboxes=10, domains=10),
-    "enterprise": PlanLimits(inboxes=None, mailboxes=None, domains=None),
-}
 
 
 @dataclass(frozen=True)
@@ -69,11 +50,3 @@ class ApiKey:
     prefix: str
     last4: str
     created_at: datetime
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a listing and the sort key that resumes after it (``None`` at the end)."""
-
-    items: list[T]
-    next_key: list[object] | None

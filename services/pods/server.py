@@ -6,13 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import grpc
 from mailplane.pods.v1 import pods_pb2_grpc
 
 from services.chassis import db
 from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
+from services.chassis.rpc import open_channel
 from services.chassis.server import GrpcService, Servicer
 from services.pods.api import AccountServicer, ApiKeyServicer, PodServicer
+from services.pods.clients import DomainsCounter
 from services.pods.service import PodService
 from services.pods.store import PodStore
 
@@ -30,22 +33,29 @@ class PodsProcess:
     """What one running pods service holds; ``close()`` releases it all."""
 
     pool: asyncpg.Pool
+    child_channels: list[grpc.aio.Channel]
     service: PodService
     grpc: GrpcService
 
     async def close(self) -> None:
-        """Closes the pool (the gRPC side is stopped by ``grpc.stop``)."""
+        """Closes the pool and channels (the gRPC side is stopped by ``grpc.stop``)."""
+        for channel in self.child_channels:
+            await channel.close()
         await self.pool.close()
 
 
 async def build(settings: Settings) -> PodsProcess:
     """Builds the pods service from settings; the caller starts ``grpc``.
 
-    Child-service counters are empty until the inboxes, domains and mailboxes
-    services exist (DESIGN §3); their issues add them here.
+    Before a pod is deleted, every child service is asked for its count of the
+    pod's children (DESIGN §3): domains now; inboxes and mailboxes add theirs here.
     """
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
-    service = PodService(PodStore(pool), child_counters=())
+    domains_channel = open_channel(settings.domains_addr)
+    service = PodService(
+        PodStore(pool),
+        child_counters=(DomainsCounter(domains_channel, settings.peer_deadline_seconds),),
+    )
     keys = KeyCache(service.authenticate, ttl_seconds=min(settings.auth_cache_seconds, 5.0))
     servicers = [
         Servicer(
@@ -75,4 +85,4 @@ async def build(settings: Settings) -> PodsProcess:
         sweep=sweep,
         sweep_interval=settings.sweep_interval_seconds,
     )
-    return PodsProcess(pool=pool, service=service, grpc=server)
+    return PodsProcess(pool=pool, child_channels=[domains_channel], service=service, grpc=server)

@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from services.chassis import auth, ids, pagination
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
+from services.chassis.pagination import Page
+from services.chassis.plans import PLANS
 from services.pods.models import (
     ACCOUNT_STATES,
-    PLANS,
     Account,
     ApiKey,
-    Page,
     Pod,
 )
 from services.pods.store import PodStore

@@ -12,7 +12,8 @@ from datetime import datetime
 import asyncpg
 
 from services.chassis.errors import MailplaneError
-from services.pods.models import Account, ApiKey, Page, Pod
+from services.chassis.pagination import Page
+from services.pods.models import Account, ApiKey, Pod
 
 _POD_COLUMNS = "id, account_id, client_id, name, is_default, state, created_at, updated_at"
 

@@ -283,7 +283,8 @@ async def test_another_accounts_key_id_is_not_found(
 async def test_health_readiness_docs_and_unknown_routes(http: httpx.AsyncClient) -> None:
     assert (await http.get("/healthz")).json() == {"status": "ok"}
     ready = await http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["services"] == {"pods": "SERVING"}
+    assert ready.status_code == 200
+    assert ready.json()["services"] == {"pods": "SERVING", "domains": "SERVING"}
     assert (await http.get("/docs")).status_code == 200
     assert_error(await http.get("/v1/nothing"), 404, "not_found")
     assert_error(await http.put("/v1/pods"), 405, "method_not_allowed")

@@ -1,0 +1,113 @@
+"""The domains service's servicer: protobuf ↔ models and the caller's identity."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import timestamp_pb2
+from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
+
+from services.chassis import auth
+from services.chassis.errors import invalid_argument
+from services.domains.models import Domain
+from services.domains.service import DomainService
+
+_STATUS_TO_PB = {
+    "pending": domains_pb2.DOMAIN_STATUS_PENDING,
+    "verified": domains_pb2.DOMAIN_STATUS_VERIFIED,
+    "failed": domains_pb2.DOMAIN_STATUS_FAILED,
+}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+
+
+def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
+    """Converts a domain model to its message; the DKIM private key is not in the model."""
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(domain.created_at)
+    message = domains_pb2.Domain(
+        id=domain.id,
+        name=domain.name,
+        status=_STATUS_TO_PB[domain.status],
+        can_send=domain.can_send,
+        can_receive=domain.can_receive,
+        create_time=created,
+        account_id=domain.account_id,
+        records=[
+            domains_pb2.DnsRecord(
+                type=r.type,
+                name=r.name,
+                value=r.value,
+                purpose=r.purpose,
+                status=r.status,
+                observed=r.observed,
+            )
+            for r in domain.records
+        ],
+    )
+    if domain.pod_id is not None:
+        message.pod_id = domain.pod_id
+    if domain.verified_at is not None:
+        message.verify_time.FromDatetime(domain.verified_at)
+    return message
+
+
+class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
+    """``mailplane.domains.v1.DomainService`` over ``DomainService``."""
+
+    def __init__(self, service: DomainService):
+        self._service = service
+
+    async def CreateDomain(
+        self, request: domains_pb2.CreateDomainRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.Domain:
+        account_id = auth.require_account()
+        pod = request.domain.pod_id if request.domain.HasField("pod_id") else None
+        return domain_to_pb(await self._service.create(account_id, request.domain.name, pod))
+
+    async def GetDomain(
+        self, request: domains_pb2.GetDomainRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.Domain:
+        account_id = auth.require_account()
+        return domain_to_pb(await self._service.get(account_id, request.domain_id))
+
+    async def ListDomains(
+        self, request: domains_pb2.ListDomainsRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.ListDomainsResponse:
+        account_id = auth.require_account()
+        status = _STATUS_FROM_PB.get(request.status)
+        domains, token = await self._service.list_domains(
+            account_id, request.pod_id or None, status, request.page_size, request.page_token
+        )
+        return domains_pb2.ListDomainsResponse(
+            domains=[domain_to_pb(d) for d in domains], next_page_token=token
+        )
+
+    async def UpdateDomain(
+        self, request: domains_pb2.UpdateDomainRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.Domain:
+        account_id = auth.require_account()
+        if list(request.update_mask.paths) != ["pod_id"]:
+            raise invalid_argument(
+                "update_mask", "must be exactly `pod_id`: only the scope changes."
+            )
+        pod = request.domain.pod_id if request.domain.HasField("pod_id") else None
+        return domain_to_pb(await self._service.rescope(account_id, request.domain_id, pod))
+
+    async def DeleteDomain(
+        self, request: domains_pb2.DeleteDomainRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.DeleteDomainResponse:
+        account_id = auth.require_account()
+        domain_id = await self._service.delete(account_id, request.domain_id)
+        return domains_pb2.DeleteDomainResponse(domain_id=domain_id)
+
+    async def VerifyDomain(
+        self, request: domains_pb2.VerifyDomainRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.Domain:
+        account_id = auth.require_account()
+        return domain_to_pb(await self._service.verify(account_id, request.domain_id))
+
+    async def CountPodDomains(
+        self, request: domains_pb2.CountPodDomainsRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.CountPodDomainsResponse:
+        account_id = auth.require_account()
+        count = await self._service.count_pod_domains(account_id, request.pod_id)
+        return domains_pb2.CountPodDomainsResponse(domains=count)

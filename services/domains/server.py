@@ -1,0 +1,94 @@
+"""Composition root of the domains service: pool → store → service → servicer → chassis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+from cryptography.fernet import Fernet
+from mailplane.domains.v1 import domains_pb2_grpc
+
+from services.chassis import db
+from services.chassis.auth import KeyCache
+from services.chassis.config import Settings
+from services.chassis.rpc import open_channel, pods_key_resolver
+from services.chassis.server import GrpcService, Servicer
+from services.domains.api import DomainServicer
+from services.domains.clients import PodsClient
+from services.domains.records import MailTargets
+from services.domains.resolver import DnsLookup
+from services.domains.service import DomainService, DomainSettings
+from services.domains.store import DomainStore
+
+NAME = "domains"
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "mailplane.domains.v1.DomainService"
+
+
+@dataclass
+class DomainsProcess:
+    """What one running domains service holds; ``close()`` releases it all."""
+
+    pool: asyncpg.Pool
+    pods_channel: grpc.aio.Channel
+    service: DomainService
+    grpc: GrpcService
+
+    async def close(self) -> None:
+        """Closes the pool and the pods channel (``grpc.stop`` stops serving)."""
+        await self.pods_channel.close()
+        await self.pool.close()
+
+
+async def build(settings: Settings) -> DomainsProcess:
+    """Builds the domains service from settings; the caller starts ``grpc``.
+
+    The services that use domains (inboxes, mailboxes) add their counters to
+    ``user_counters`` here when they exist (DESIGN §3).
+
+    Raises:
+        ValueError: ``MAILPLANE_DKIM_ENCRYPTION_KEY`` is unset.
+    """
+    if settings.dkim_encryption_key is None:
+        raise ValueError("MAILPLANE_DKIM_ENCRYPTION_KEY is required (a Fernet key)")
+    cipher = Fernet(settings.dkim_encryption_key.get_secret_value())
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    pods_channel = open_channel(settings.pods_addr)
+    service = DomainService(
+        DomainStore(pool),
+        PodsClient(pods_channel, settings.peer_deadline_seconds),
+        DnsLookup(settings.dns_nameservers, settings.dns_timeout_seconds),
+        cipher,
+        DomainSettings(
+            shared_domain=settings.shared_domain,
+            targets=MailTargets(settings.mail_host, settings.mx_priority, settings.spf_include),
+        ),
+        user_counters=(),
+    )
+    internal_token = settings.internal_token.get_secret_value()
+    keys = KeyCache(
+        pods_key_resolver(pods_channel, internal_token, settings.peer_deadline_seconds),
+        ttl_seconds=min(settings.auth_cache_seconds, 5.0),
+    )
+
+    async def sweep() -> None:
+        await service.sweep(settings.stale_intent_seconds)
+
+    server = GrpcService(
+        name=NAME,
+        pool=pool,
+        servicers=[
+            Servicer(
+                domains_pb2_grpc.add_DomainServiceServicer_to_server,
+                DomainServicer(service),
+                SERVICE_NAME,
+            )
+        ],
+        authenticate=keys.authenticate,
+        internal_token=internal_token,
+        sweep=sweep,
+        sweep_interval=settings.sweep_interval_seconds,
+    )
+    return DomainsProcess(pool=pool, pods_channel=pods_channel, service=service, grpc=server)

@@ -1,0 +1,295 @@
+"""The rules of custom domains (DESIGN §3, §4 Domains; seeds 000, 001).
+
+Scope: a domain is account-wide (any pod may use it) or scoped to exactly one
+pod. Creating a pod-scoped domain follows DESIGN §3's child side: check the pod,
+commit the domain ``pending``, re-check the pod, then make it live or undo it.
+Re-scoping to a pod and deleting follow the parent side: commit the intent, ask
+the services that use domains (inboxes, mailboxes) for their counts, then finish
+or roll back with ``domain_in_use``. The plan's domain limit is enforced in this
+service's own transaction. Only one account may hold a name verified, enforced by
+a unique index. This module imports no transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet
+
+from services.chassis import ids, pagination
+from services.chassis.errors import MailplaneError, invalid_argument
+from services.chassis.logs import get_logger
+from services.chassis.plans import PLAN_LIMITS
+from services.domains import records
+from services.domains.clients import PodRef, PodsClient
+from services.domains.models import DOMAIN_STATUSES, Domain
+from services.domains.resolver import DnsLookup
+from services.domains.store import DomainStore
+
+_log = get_logger("mailplane.domains")
+
+#: Asks one service that uses domains how many of its resources use a domain,
+#: e.g. ``{"inboxes": 2}``. Arguments: the account ID, the domain name, and a pod
+#: ID whose resources are not counted (``None`` counts all). Raises
+#: ``unavailable``. The inboxes and mailboxes issues add theirs.
+DomainUserCounter = Callable[[str, str, str | None], Awaitable[dict[str, int]]]
+
+
+def domain_not_found(ref: str) -> MailplaneError:
+    """Returns the ``domain_not_found`` error for a domain ID or name."""
+    return MailplaneError(
+        "domain_not_found", f"No domain {ref!r} in this account; list domains to find it."
+    )
+
+
+def _busy(domain: Domain) -> MailplaneError:
+    return MailplaneError(
+        "domain_busy",
+        f"Domain {domain.name} is being re-scoped or deleted; retry in a moment.",
+        {"domainId": domain.id},
+    )
+
+
+def _pod_busy(pod: PodRef) -> MailplaneError:
+    return MailplaneError(
+        "pod_busy", f"Pod {pod.id} is being deleted; retry in a moment.", {"podId": pod.id}
+    )
+
+
+@dataclass(frozen=True)
+class DomainSettings:
+    """What the domains rules need from settings."""
+
+    shared_domain: str
+    targets: records.MailTargets
+
+
+class DomainService:
+    """Custom domains of an account.
+
+    Args:
+        store: the domains schema.
+        pods: the pods service client.
+        dns: the DNS lookup used by verification.
+        cipher: encrypts DKIM private keys at rest.
+        config: the shared domain and the record targets.
+        user_counters: one per service that uses domains.
+    """
+
+    def __init__(
+        self,
+        store: DomainStore,
+        pods: PodsClient,
+        dns: DnsLookup,
+        cipher: Fernet,
+        config: DomainSettings,
+        user_counters: Sequence[DomainUserCounter] = (),
+    ):
+        self._store = store
+        self._pods = pods
+        self._dns = dns
+        self._cipher = cipher
+        self._config = config
+        self._user_counters = tuple(user_counters)
+
+    async def create(self, account_id: str, raw_name: str, pod_ref: str | None) -> Domain:
+        """Creates a domain, pod-scoped when ``pod_ref`` (ID or clientId) is given.
+
+        Raises:
+            MailplaneError: ``invalid_argument`` (name), ``pod_not_found``,
+                ``pod_busy``, ``account_expired``, ``domain_limit_reached``,
+                ``domain_exists``, ``unavailable`` (nothing is left behind).
+        """
+        name = records.normalize_name(raw_name, self._config.shared_domain)
+        pod = await self._live_pod(pod_ref) if pod_ref is not None else None
+        standing = await self._pods.get_account()
+        if standing.expired:
+            raise MailplaneError(
+                "account_expired",
+                "This account has expired: it can read and delete but not add domains. "
+                "Ask the operator to reactivate it.",
+            )
+        limit = PLAN_LIMITS[standing.plan].domains
+        dkim = await asyncio.to_thread(records.new_dkim_key, self._cipher)
+        expected = records.expected_records(name, dkim.public_txt, self._config.targets)
+        domain = await self._store.insert(
+            ids.new_id("dom"),
+            account_id,
+            name,
+            pod.id if pod else None,
+            expected,
+            dkim.private_encrypted,
+            limit,
+        )
+        if domain is None:
+            raise MailplaneError(
+                "domain_limit_reached",
+                f"Domain limit reached ({limit}) for the {standing.plan} plan; delete a "
+                "domain or upgrade the plan.",
+                {"limit": limit or 0},
+            )
+        if pod is not None:
+            await self._confirm_pod_or_undo(account_id, domain, pod.id)
+        _log.info(
+            "domain_created", account_id=account_id, domain_id=domain.id, pod_id=domain.pod_id
+        )
+        return await self.get(account_id, domain.id)
+
+    async def _confirm_pod_or_undo(self, account_id: str, domain: Domain, pod_id: str) -> None:
+        # DESIGN §3 child side: the pod is re-read after the pending row is committed,
+        # so either this sees the pod's delete intent or the pod's count sees the row.
+        try:
+            await self._live_pod(pod_id)
+        except BaseException:
+            await self._store.delete_pending(account_id, domain.id)
+            raise
+        await self._store.mark_live(account_id, domain.id)
+
+    async def _live_pod(self, ref: str) -> PodRef:
+        if not ref:
+            raise invalid_argument(
+                "podId", "must be a pod ID or clientId; omit it for account-wide."
+            )
+        pod = await self._pods.get_pod(ref)
+        if pod.deleting:
+            raise _pod_busy(pod)
+        return pod
+
+    async def get(self, account_id: str, ref: str) -> Domain:
+        """Returns the domain with ID or name ``ref``. Raises ``domain_not_found``."""
+        domain = await self._store.get(account_id, self._lookup_key(ref))
+        if domain is None:
+            raise domain_not_found(ref)
+        return domain
+
+    def _lookup_key(self, ref: str) -> str:
+        if ids.looks_like_id("dom", ref):
+            return ref
+        try:
+            return records.normalize_name(ref, self._config.shared_domain)
+        except MailplaneError:
+            return ref
+
+    async def list_domains(
+        self, account_id: str, pod_ref: str | None, status: str | None, size: int, token: str
+    ) -> tuple[list[Domain], str]:
+        """Returns a page of domains (optionally only those scoped to a pod, or with a
+        status) and the next page's token.
+
+        Raises:
+            MailplaneError: ``invalid_argument``, ``pod_not_found``.
+        """
+        if status is not None and status not in DOMAIN_STATUSES:
+            raise invalid_argument("status", f"must be one of {', '.join(DOMAIN_STATUSES)}.")
+        pod_id = (await self._pods.get_pod(pod_ref)).id if pod_ref else None
+        listing = f"domains:{pod_id or ''}:{status or ''}"
+        page = await self._store.list_domains(
+            account_id,
+            pod_id,
+            status,
+            pagination.decode(listing, token),
+            pagination.page_size(size),
+        )
+        next_token = pagination.encode(listing, page.next_key) if page.next_key else ""
+        return page.items, next_token
+
+    async def rescope(self, account_id: str, ref: str, pod_ref: str | None) -> Domain:
+        """Moves a domain to account-wide (``pod_ref`` ``None``) or to one pod.
+
+        Raises:
+            MailplaneError: ``domain_not_found``, ``pod_not_found``, ``pod_busy``,
+                ``domain_busy``, ``domain_in_use`` (with counts of the inboxes and
+                mailboxes outside the target pod), ``unavailable``.
+        """
+        domain = await self.get(account_id, ref)
+        target = await self._live_pod(pod_ref) if pod_ref is not None else None
+        target_id = target.id if target else None
+        if target_id == domain.pod_id:
+            return domain
+        intent = await self._store.begin_intent(account_id, domain.id, "rescoping", target_id)
+        if intent is None:
+            raise _busy(domain)
+        try:
+            if target_id is not None:
+                await self._live_pod(target_id)  # re-check after the intent (DESIGN §3)
+                await self._raise_if_used(account_id, domain, outside_pod=target_id)
+        except BaseException:
+            await self._store.rollback_intent(account_id, domain.id)
+            raise
+        moved = await self._store.finish_rescope(account_id, domain.id)
+        if moved is None:
+            raise _busy(domain)
+        _log.info("domain_rescoped", account_id=account_id, domain_id=domain.id, pod_id=target_id)
+        return moved
+
+    async def delete(self, account_id: str, ref: str) -> str:
+        """Deletes a domain no inbox or mailbox uses; returns its ID.
+
+        Raises:
+            MailplaneError: ``domain_not_found``, ``domain_busy``, ``domain_in_use``,
+                ``unavailable``.
+        """
+        domain = await self.get(account_id, ref)
+        if await self._store.begin_intent(account_id, domain.id, "deleting") is None:
+            raise _busy(domain)
+        try:
+            await self._raise_if_used(account_id, domain, outside_pod=None)
+        except BaseException:
+            await self._store.rollback_intent(account_id, domain.id)
+            raise
+        if not await self._store.delete_deleting(account_id, domain.id):
+            raise _busy(domain)
+        _log.info("domain_deleted", account_id=account_id, domain_id=domain.id)
+        return domain.id
+
+    async def _raise_if_used(
+        self, account_id: str, domain: Domain, outside_pod: str | None
+    ) -> None:
+        results = await asyncio.gather(
+            *(count(account_id, domain.name, outside_pod) for count in self._user_counters)
+        )
+        counts = {k: v for result in results for k, v in result.items()}
+        if any(counts.values()):
+            where = f" outside pod {outside_pod}" if outside_pod else ""
+            used = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+            raise MailplaneError(
+                "domain_in_use",
+                f"{domain.name} is used by {used}{where}; delete or move them first.",
+                counts,
+            )
+
+    async def verify(self, account_id: str, ref: str) -> Domain:
+        """Looks the domain's records up in DNS now and stores the attempt.
+
+        Returns:
+            The domain with each record's status and observed value; ``verified``
+            when MX, SPF and DKIM are valid, else ``failed``.
+
+        Raises:
+            MailplaneError: ``domain_not_found``; ``domain_claimed`` when another
+                account holds the name verified.
+        """
+        domain = await self.get(account_id, ref)
+        answers = await asyncio.gather(*(self._dns.lookup(r.name, r.type) for r in domain.records))
+        judged = records.judge(domain.records, answers, self._config.targets)
+        verified, can_send, can_receive = records.capabilities(judged)
+        status = "verified" if verified else "failed"
+        updated = await self._store.record_verification(
+            account_id, domain.id, judged, status, can_send, can_receive
+        )
+        if updated is None:
+            raise domain_not_found(ref)
+        _log.info("domain_verified", account_id=account_id, domain_id=domain.id, status=status)
+        return updated
+
+    async def count_pod_domains(self, account_id: str, pod_id: str) -> int:
+        """Counts the domains scoped or being re-scoped to a pod, pending included."""
+        return await self._store.count_pod_domains(account_id, pod_id)
+
+    async def sweep(self, older_than_seconds: float) -> None:
+        """Undoes stale pending creates and rolls back stale intents (DESIGN §3)."""
+        pending, intents = await self._store.sweep(older_than_seconds)
+        if pending or intents:
+            _log.info("stale_domain_rows_swept", pending=pending, intents=intents)

@@ -1,0 +1,32 @@
+"""The pods service's typed clients of its child services: each answers how many
+children a pod has, for DESIGN §3's parent side of a pod delete."""
+
+from __future__ import annotations
+
+import grpc
+from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
+
+from services.chassis.rpc import call_peer
+
+
+class DomainsCounter:
+    """Counts a pod's pod-scoped domains (pending and re-scoping ones included)
+    through the domains service, forwarding the caller's credentials.
+
+    Args:
+        channel: the process's one channel to the domains service.
+        deadline: seconds the call may take.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+        self._stub = domains_pb2_grpc.DomainServiceStub(channel)
+        self._deadline = deadline
+
+    async def __call__(self, account_id: str, pod_id: str) -> dict[str, int]:
+        """Returns ``{"domains": n}``. Raises ``unavailable`` if the service is down."""
+        reply = await call_peer(
+            self._stub.CountPodDomains,
+            domains_pb2.CountPodDomainsRequest(pod_id=pod_id),
+            deadline=self._deadline,
+        )
+        return {"domains": reply.domains}
