@@ -107,7 +107,7 @@ def dns_zone() -> Iterator[Zone]:
 @pytest.fixture(scope="session")
 def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
     """Settings of the in-process suite: fresh secrets, free ports, the test DNS."""
-    logs.configure("warning", "console")
+    logs.configure("debug", "json")
     return Settings(
         database_url=admin_dsn,
         internal_token=secrets.token_urlsafe(24),

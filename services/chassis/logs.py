@@ -34,7 +34,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # so tests can capture every line
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
 
