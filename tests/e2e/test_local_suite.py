@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT, Zone, free_port
 
 START_SECONDS = 90
 
@@ -30,7 +30,7 @@ START_SECONDS = 90
 class Suite:
     """One ``python -m deploy.local`` process and how to reach it."""
 
-    def __init__(self, state: Path):
+    def __init__(self, state: Path, dns_port: int):
         self.state = state
         self.pods_port = free_port()
         self.gateway_port = free_port()
@@ -41,6 +41,7 @@ class Suite:
             MAILPLANE_DOMAINS_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
             MAILPLANE_LOG_FORMAT="json",
+            MAILPLANE_DNS_NAMESERVERS=f"127.0.0.1:{dns_port}",
         )
         self.process: subprocess.Popen[str] | None = None
         self.banner = ""
@@ -89,8 +90,8 @@ class Suite:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    running = Suite(tmp_path_factory.mktemp("state"))
+def suite(tmp_path_factory: pytest.TempPathFactory, dns_zone: Zone) -> Iterator[Suite]:
+    running = Suite(tmp_path_factory.mktemp("state"), dns_zone.port)
     running.start()
     yield running
     if running.process is not None and running.process.poll() is None:
@@ -124,7 +125,7 @@ def reflective_call(
         return json_format.MessageToDict(response)
 
 
-def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite) -> None:
+def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zone) -> None:
     key = (suite.state / "dev-api-key").read_text().strip()
     assert key in suite.banner and suite.url in suite.banner
     headers = {"Authorization": f"Bearer {key}"}
@@ -161,6 +162,30 @@ def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite) -> None:
     assert expired["state"] == "expired"
     missing = suite.admin("set-plan", "acct_missing", "growth")
     assert missing.returncode == 1 and json.loads(missing.stderr)["error"] == "account_not_found"
+
+    # Domains: add one to a pod, read the records, publish them, verify, re-scope.
+    made = httpx.post(
+        f"{suite.url}/v1/domains",
+        json={"domain": "journey.example", "podId": "acme"},
+        headers=headers,
+    )
+    assert made.status_code == 201, made.text
+    domain = made.json()
+    assert domain["podId"] == pod_id and domain["status"] == "pending"
+    for record in domain["records"]:
+        dns_zone.publish(record["name"], record["type"], record["value"])
+    verified = httpx.post(f"{suite.url}/v1/domains/journey.example/verify", headers=headers).json()
+    assert verified["status"] == "verified" and verified["canSend"] and verified["canReceive"]
+    blocked = httpx.delete(f"{suite.url}/v1/pods/acme", headers=headers)
+    assert blocked.status_code == 409 and blocked.json()["error"] == "pod_has_domains"
+    widened = httpx.patch(
+        f"{suite.url}/v1/domains/journey.example", json={"podId": None}, headers=headers
+    )
+    assert widened.json()["podId"] is None
+    narrowed = httpx.patch(
+        f"{suite.url}/v1/domains/journey.example", json={"podId": "acme"}, headers=headers
+    )
+    assert narrowed.json()["podId"] == pod_id
 
     assert suite.interrupt() == 0
     assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
