@@ -308,3 +308,20 @@ async def test_malformed_keys_are_refused_without_a_lookup() -> None:
     await cache.authenticate(good)
     await cache.authenticate(good)
     assert looked_up == [good]  # the second answer came from the cache
+
+
+async def test_delete_pod_with_the_domains_service_down_is_unavailable(
+    service: PodService,
+) -> None:
+    from services.chassis.rpc import open_channel
+    from services.pods.clients import DomainsCounter
+    from tests.conftest import free_port
+
+    async with open_channel(f"127.0.0.1:{free_port()}") as dead:
+        checked = counting(service, DomainsCounter(dead, deadline=1.0))
+        account = await new_account(service)
+        pod = await service.create_pod(account, None, None)
+        with pytest.raises(MailplaneError) as err:
+            await checked.delete_pod(account, pod.id)
+    assert err.value.code == "unavailable"
+    assert (await service.get_pod(account, pod.id)).state == "active"
