@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -73,3 +73,16 @@ class Page(Generic[T]):
 
     items: list[T]
     next_key: list[object] | None
+
+
+def page_of(rows: list[T], limit: int, sort_key: Callable[[T], list[object]]) -> Page[T]:
+    """Cuts ``limit + 1`` fetched rows into one page and the key that resumes after it.
+
+    Args:
+        rows: up to ``limit + 1`` rows in listing order (one more than a page tells
+            whether another page follows).
+        limit: the page size.
+        sort_key: the JSON-serialisable sort key of a row.
+    """
+    items = rows[:limit]
+    return Page(items, sort_key(items[-1]) if len(rows) > limit else None)

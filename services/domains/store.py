@@ -11,7 +11,7 @@ from datetime import datetime
 import asyncpg
 
 from services.chassis.errors import MailplaneError
-from services.chassis.pagination import Page
+from services.chassis.pagination import Page, page_of
 from services.domains.models import DnsRecord, Domain
 
 _COLUMNS = (
@@ -189,9 +189,9 @@ class DomainStore:
             last_id,
             limit + 1,
         )
-        domains = [_domain(r) for r in rows[:limit]]
-        last = domains[-1] if len(rows) > limit else None
-        return Page(domains, [last.created_at.isoformat(), last.id] if last else None)
+        return page_of(
+            [_domain(r) for r in rows], limit, lambda d: [d.created_at.isoformat(), d.id]
+        )
 
     async def count_pod_domains(self, account_id: str, pod_id: str) -> int:
         """Counts domains scoped or being re-scoped to a pod, pending ones included."""

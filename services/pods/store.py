@@ -12,7 +12,7 @@ from datetime import datetime
 import asyncpg
 
 from services.chassis.errors import MailplaneError
-from services.chassis.pagination import Page
+from services.chassis.pagination import Page, page_of
 from services.pods.models import Account, ApiKey, Pod
 
 _POD_COLUMNS = "id, account_id, client_id, name, is_default, state, created_at, updated_at"
@@ -217,10 +217,11 @@ class PodStore:
             pod_id,
             limit + 1,
         )
-        pods = [_pod(r) for r in rows[:limit]]
-        last = pods[-1] if len(rows) > limit else None
-        next_key = [not last.is_default, last.created_at.isoformat(), last.id] if last else None
-        return Page(pods, next_key)
+        return page_of(
+            [_pod(r) for r in rows],
+            limit,
+            lambda pod: [not pod.is_default, pod.created_at.isoformat(), pod.id],
+        )
 
     async def update_pod(
         self,
@@ -294,9 +295,9 @@ class PodStore:
             key_id,
             limit + 1,
         )
-        keys = [_api_key(r) for r in rows[:limit]]
-        last = keys[-1] if len(rows) > limit else None
-        return Page(keys, [last.created_at.isoformat(), last.id] if last else None)
+        return page_of(
+            [_api_key(r) for r in rows], limit, lambda key: [key.created_at.isoformat(), key.id]
+        )
 
     async def delete_api_key(self, account_id: str, key_id: str) -> bool:
         """Deletes the account's key; returns whether it existed."""
