@@ -16,6 +16,7 @@ import grpc
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from mailplane.domains.v1 import domains_pb2_grpc
+from mailplane.inboxes.v1 import inboxes_pb2_grpc
 from mailplane.pods.v1 import pods_pb2_grpc
 
 from services.chassis import auth
@@ -33,6 +34,7 @@ class Stubs:
     accounts: pods_pb2_grpc.AccountServiceStub
     api_keys: pods_pb2_grpc.ApiKeyServiceStub
     domains: domains_pb2_grpc.DomainServiceStub
+    inboxes: inboxes_pb2_grpc.InboxServiceStub
 
     @classmethod
     def over(cls, channels: dict[str, grpc.aio.Channel]) -> Stubs:
@@ -43,6 +45,7 @@ class Stubs:
             accounts=pods_pb2_grpc.AccountServiceStub(pods),
             api_keys=pods_pb2_grpc.ApiKeyServiceStub(pods),
             domains=domains_pb2_grpc.DomainServiceStub(channels["domains"]),
+            inboxes=inboxes_pb2_grpc.InboxServiceStub(channels["inboxes"]),
         )
 
 

@@ -30,6 +30,7 @@ from services.chassis import db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
 from services.domains import server as domains_server
+from services.inboxes import server as inboxes_server
 from services.pods import server as pods_server
 
 
@@ -115,6 +116,7 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         dkim_encryption_key=Fernet.generate_key().decode(),
         pods_addr=f"127.0.0.1:{free_port()}",
         domains_addr=f"127.0.0.1:{free_port()}",
+        inboxes_addr=f"127.0.0.1:{free_port()}",
         gateway_port=free_port(),
         peer_deadline_seconds=3.0,
         dns_nameservers=f"127.0.0.1:{dns_zone.port}",
@@ -122,39 +124,48 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
     )
 
 
+@dataclass
+class Services:
+    """The running services of the in-process suite."""
+
+    pods: pods_server.PodsProcess
+    domains: domains_server.DomainsProcess
+    inboxes: inboxes_server.InboxesProcess
+
+
 @pytest_asyncio.fixture(scope="session")
-async def services(
-    settings: Settings,
-) -> AsyncIterator[tuple[pods_server.PodsProcess, domains_server.DomainsProcess]]:
-    """The real pods and domains services, migrated and serving on their addresses."""
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    """The real services, migrated and serving on their addresses."""
     admin = settings.database_url.get_secret_value()
     password = settings.db_role_password.get_secret_value()
-    await db.migrate(admin, "pods", password, pods_server.MIGRATIONS)
-    await db.migrate(admin, "domains", password, domains_server.MIGRATIONS)
-    pods = await pods_server.build(settings)
-    domains = await domains_server.build(settings)
-    await pods.grpc.start("127.0.0.1", settings.port_of("pods"))
-    await domains.grpc.start("127.0.0.1", settings.port_of("domains"))
-    yield pods, domains
-    for process in (domains, pods):
+    modules = {"pods": pods_server, "domains": domains_server, "inboxes": inboxes_server}
+    processes: dict[str, Any] = {}
+    for name, module in modules.items():
+        await db.migrate(admin, name, password, module.MIGRATIONS)
+        processes[name] = await module.build(settings)  # type: ignore[attr-defined]
+        await processes[name].grpc.start("127.0.0.1", settings.port_of(name))
+    yield Services(**processes)
+    for process in reversed(processes.values()):
         await process.grpc.stop(0.5)
         await process.close()
 
 
 @pytest.fixture(scope="session")
-def pods(
-    services: tuple[pods_server.PodsProcess, domains_server.DomainsProcess],
-) -> pods_server.PodsProcess:
+def pods(services: Services) -> pods_server.PodsProcess:
     """The running pods service."""
-    return services[0]
+    return services.pods
 
 
 @pytest.fixture(scope="session")
-def domains(
-    services: tuple[pods_server.PodsProcess, domains_server.DomainsProcess],
-) -> domains_server.DomainsProcess:
+def domains(services: Services) -> domains_server.DomainsProcess:
     """The running domains service."""
-    return services[1]
+    return services.domains
+
+
+@pytest.fixture(scope="session")
+def inboxes(services: Services) -> inboxes_server.InboxesProcess:
+    """The running inboxes service."""
+    return services.inboxes
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -167,7 +178,7 @@ async def pods_channel(
 
 
 @pytest_asyncio.fixture(scope="session")
-async def gateway_url(pods: pods_server.PodsProcess, settings: Settings) -> AsyncIterator[str]:
+async def gateway_url(services: Services, settings: Settings) -> AsyncIterator[str]:
     """The gateway served by uvicorn on a real port; returns its base URL."""
     config = uvicorn.Config(
         create_app(settings),

@@ -34,6 +34,7 @@ from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
 from services.domains import server as domains_server
+from services.inboxes import server as inboxes_server
 from services.pods import server as pods_server
 
 _log = logs.get_logger("mailplane.launcher")
@@ -41,6 +42,7 @@ _log = logs.get_logger("mailplane.launcher")
 #: Each service: its name, its migrations folder, its ``python -m`` module.
 SERVICES = (
     ("pods", pods_server.MIGRATIONS, "services.pods"),
+    ("inboxes", inboxes_server.MIGRATIONS, "services.inboxes"),
     ("domains", domains_server.MIGRATIONS, "services.domains"),
 )
 DEV_KEY_FILE = "dev-api-key"
@@ -152,7 +154,8 @@ async def _run(state: Path) -> int:
         sys.stdout.write(
             "\nMailplane is up.\n"
             f"  REST:    {base_url}  (docs: {base_url}/docs)\n"
-            f"  gRPC:    pods {settings.pods_addr}, domains {settings.domains_addr}\n"
+            f"  gRPC:    pods {settings.pods_addr}, inboxes {settings.inboxes_addr}, "
+            f"domains {settings.domains_addr}\n"
             f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
             "Ctrl-C stops everything.\n\n"
         )

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     mx_priority: int = 10
     #: The SPF include custom domains publish (sending).
     spf_include: str = "spf.mailplane.test"
+    #: Where inboxes' mail clients read (IMAPS, TLS) and send (submission, STARTTLS).
+    imap_host: str = "imap.mailplane.test"
+    imap_port: int = 993
+    smtp_host: str = "smtp.mailplane.test"
+    smtp_port: int = 587
     #: DNS resolvers for domain verification, ``host:port`` comma-separated;
     #: empty means the system resolver.
     dns_nameservers: str = ""

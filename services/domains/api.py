@@ -17,6 +17,11 @@ _STATUS_TO_PB = {
     "failed": domains_pb2.DOMAIN_STATUS_FAILED,
 }
 _STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+_STATE_TO_PB = {
+    "live": domains_pb2.DOMAIN_STATE_LIVE,
+    "rescoping": domains_pb2.DOMAIN_STATE_RESCOPING,
+    "deleting": domains_pb2.DOMAIN_STATE_DELETING,
+}
 
 
 def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
@@ -31,6 +36,7 @@ def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
         can_receive=domain.can_receive,
         create_time=created,
         account_id=domain.account_id,
+        state=_STATE_TO_PB.get(domain.state, domains_pb2.DOMAIN_STATE_UNSPECIFIED),
         records=[
             domains_pb2.DnsRecord(
                 type=r.type,
@@ -45,6 +51,8 @@ def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
     )
     if domain.pod_id is not None:
         message.pod_id = domain.pod_id
+    if domain.target_pod_id is not None:
+        message.target_pod_id = domain.target_pod_id
     if domain.verified_at is not None:
         message.verify_time.FromDatetime(domain.verified_at)
     return message

@@ -37,13 +37,15 @@ class DnsRecord:
 
 @dataclass(frozen=True)
 class Domain:
-    """A custom domain; ``pod_id`` ``None`` means account-wide."""
+    """A custom domain; ``pod_id`` ``None`` means account-wide; ``target_pod_id``
+    is the scope a ``rescoping`` intent moves it to (``None``: account-wide)."""
 
     id: str
     account_id: str
     name: str
     pod_id: str | None
     state: DomainState
+    target_pod_id: str | None
     status: DomainStatus
     records: tuple[DnsRecord, ...]
     can_send: bool

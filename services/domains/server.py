@@ -13,10 +13,11 @@ from mailplane.domains.v1 import domains_pb2_grpc
 from services.chassis import db
 from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
+from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel, pods_key_resolver
 from services.chassis.server import GrpcService, Servicer
 from services.domains.api import DomainServicer
-from services.domains.clients import PodsClient
+from services.domains.clients import InboxUserCounter
 from services.domains.records import MailTargets
 from services.domains.resolver import DnsLookup
 from services.domains.service import DomainService, DomainSettings
@@ -32,21 +33,22 @@ class DomainsProcess:
     """What one running domains service holds; ``close()`` releases it all."""
 
     pool: asyncpg.Pool
-    pods_channel: grpc.aio.Channel
+    channels: list[grpc.aio.Channel]
     service: DomainService
     grpc: GrpcService
 
     async def close(self) -> None:
-        """Closes the pool and the pods channel (``grpc.stop`` stops serving)."""
-        await self.pods_channel.close()
+        """Closes the pool and the peer channels (``grpc.stop`` stops serving)."""
+        for channel in self.channels:
+            await channel.close()
         await self.pool.close()
 
 
 async def build(settings: Settings) -> DomainsProcess:
     """Builds the domains service from settings; the caller starts ``grpc``.
 
-    The services that use domains (inboxes, mailboxes) add their counters to
-    ``user_counters`` here when they exist (DESIGN §3).
+    Before a domain is deleted or narrowed, every service that uses domains is
+    asked for its count (DESIGN §3): inboxes; mailboxes adds its own here.
 
     Raises:
         ValueError: ``MAILPLANE_DKIM_ENCRYPTION_KEY`` is unset.
@@ -56,6 +58,7 @@ async def build(settings: Settings) -> DomainsProcess:
     cipher = Fernet(settings.dkim_encryption_key.get_secret_value())
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     pods_channel = open_channel(settings.pods_addr)
+    inboxes_channel = open_channel(settings.inboxes_addr)
     service = DomainService(
         DomainStore(pool),
         PodsClient(pods_channel, settings.peer_deadline_seconds),
@@ -65,7 +68,7 @@ async def build(settings: Settings) -> DomainsProcess:
             shared_domain=settings.shared_domain,
             targets=MailTargets(settings.mail_host, settings.mx_priority, settings.spf_include),
         ),
-        user_counters=(),
+        user_counters=(InboxUserCounter(inboxes_channel, settings.peer_deadline_seconds),),
     )
     internal_token = settings.internal_token.get_secret_value()
     keys = KeyCache(
@@ -91,4 +94,6 @@ async def build(settings: Settings) -> DomainsProcess:
         sweep=sweep,
         sweep_interval=settings.sweep_interval_seconds,
     )
-    return DomainsProcess(pool=pool, pods_channel=pods_channel, service=service, grpc=server)
+    return DomainsProcess(
+        pool=pool, channels=[pods_channel, inboxes_channel], service=service, grpc=server
+    )

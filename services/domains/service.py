@@ -21,9 +21,9 @@ from cryptography.fernet import Fernet
 from services.chassis import ids, pagination
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
+from services.chassis.peers import PodRef, PodsClient
 from services.chassis.plans import PLAN_LIMITS
 from services.domains import records
-from services.domains.clients import PodRef, PodsClient
 from services.domains.models import DOMAIN_STATUSES, Domain
 from services.domains.resolver import DnsLookup
 from services.domains.store import DomainStore
@@ -49,12 +49,6 @@ def _busy(domain: Domain) -> MailplaneError:
         "domain_busy",
         f"Domain {domain.name} is being re-scoped or deleted; retry in a moment.",
         {"domainId": domain.id},
-    )
-
-
-def _pod_busy(pod: PodRef) -> MailplaneError:
-    return MailplaneError(
-        "pod_busy", f"Pod {pod.id} is being deleted; retry in a moment.", {"podId": pod.id}
     )
 
 
@@ -152,10 +146,7 @@ class DomainService:
             raise invalid_argument(
                 "podId", "must be a pod ID or clientId; omit it for account-wide."
             )
-        pod = await self._pods.get_pod(ref)
-        if pod.deleting:
-            raise _pod_busy(pod)
-        return pod
+        return await self._pods.live_pod(ref)
 
     async def get(self, account_id: str, ref: str) -> Domain:
         """Returns the domain with ID or name ``ref``. Raises ``domain_not_found``."""

@@ -15,8 +15,8 @@ from services.chassis.pagination import Page, page_of
 from services.domains.models import DnsRecord, Domain
 
 _COLUMNS = (
-    "id, account_id, name, pod_id, state, status, records::text AS records, can_send, "
-    "can_receive, created_at, verified_at"
+    "id, account_id, name, pod_id, state, target_pod_id, status, records::text AS records, "
+    "can_send, can_receive, created_at, verified_at"
 )
 
 INSERT_DOMAIN = f"""
@@ -98,6 +98,7 @@ def _domain(row: asyncpg.Record) -> Domain:
         name=row["name"],
         pod_id=row["pod_id"],
         state=row["state"],
+        target_pod_id=row["target_pod_id"],
         status=row["status"],
         records=tuple(DnsRecord(**r) for r in json.loads(row["records"])),
         can_send=row["can_send"],

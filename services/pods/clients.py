@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
+from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
 
 from services.chassis.rpc import call_peer
 
@@ -30,3 +31,26 @@ class DomainsCounter:
             deadline=self._deadline,
         )
         return {"domains": reply.domains}
+
+
+class InboxesCounter:
+    """Counts a pod's inboxes (pending ones included) through the inboxes
+    service, forwarding the caller's credentials.
+
+    Args:
+        channel: the process's one channel to the inboxes service.
+        deadline: seconds the call may take.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+        self._stub = inboxes_pb2_grpc.InboxServiceStub(channel)
+        self._deadline = deadline
+
+    async def __call__(self, account_id: str, pod_id: str) -> dict[str, int]:
+        """Returns ``{"inboxes": n}``. Raises ``unavailable`` if the service is down."""
+        reply = await call_peer(
+            self._stub.CountInboxes,
+            inboxes_pb2.CountInboxesRequest(pod_id=pod_id),
+            deadline=self._deadline,
+        )
+        return {"inboxes": reply.inboxes}

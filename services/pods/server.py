@@ -15,7 +15,7 @@ from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
 from services.chassis.server import GrpcService, Servicer
 from services.pods.api import AccountServicer, ApiKeyServicer, PodServicer
-from services.pods.clients import DomainsCounter
+from services.pods.clients import DomainsCounter, InboxesCounter
 from services.pods.service import PodService
 from services.pods.store import PodStore
 
@@ -48,13 +48,18 @@ async def build(settings: Settings) -> PodsProcess:
     """Builds the pods service from settings; the caller starts ``grpc``.
 
     Before a pod is deleted, every child service is asked for its count of the
-    pod's children (DESIGN §3): domains now; inboxes and mailboxes add theirs here.
+    pod's children (DESIGN §3): inboxes and domains; mailboxes adds its own here.
     """
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     domains_channel = open_channel(settings.domains_addr)
+    inboxes_channel = open_channel(settings.inboxes_addr)
+    deadline = settings.peer_deadline_seconds
     service = PodService(
         PodStore(pool),
-        child_counters=(DomainsCounter(domains_channel, settings.peer_deadline_seconds),),
+        child_counters=(
+            InboxesCounter(inboxes_channel, deadline),
+            DomainsCounter(domains_channel, deadline),
+        ),
     )
     keys = KeyCache(service.authenticate, ttl_seconds=min(settings.auth_cache_seconds, 5.0))
     servicers = [
@@ -85,4 +90,6 @@ async def build(settings: Settings) -> PodsProcess:
         sweep=sweep,
         sweep_interval=settings.sweep_interval_seconds,
     )
-    return PodsProcess(pool=pool, child_channels=[domains_channel], service=service, grpc=server)
+    return PodsProcess(
+        pool=pool, child_channels=[domains_channel, inboxes_channel], service=service, grpc=server
+    )

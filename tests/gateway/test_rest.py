@@ -284,7 +284,11 @@ async def test_health_readiness_docs_and_unknown_routes(http: httpx.AsyncClient)
     assert (await http.get("/healthz")).json() == {"status": "ok"}
     ready = await http.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["services"] == {"pods": "SERVING", "domains": "SERVING"}
+    assert ready.json()["services"] == {
+        "pods": "SERVING",
+        "inboxes": "SERVING",
+        "domains": "SERVING",
+    }
     assert (await http.get("/docs")).status_code == 200
     assert_error(await http.get("/v1/nothing"), 404, "not_found")
     assert_error(await http.put("/v1/pods"), 405, "method_not_allowed")

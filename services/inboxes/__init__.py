@@ -1,0 +1,1 @@
+"""The inboxes service: addresses in pods, allocation, credentials (DESIGN §4 Inboxes)."""

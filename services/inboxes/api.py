@@ -1,0 +1,160 @@
+"""The inboxes service's servicer: protobuf ↔ models and the caller's identity."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import timestamp_pb2
+from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
+
+from services.chassis import auth
+from services.chassis.errors import invalid_argument
+from services.inboxes.credentials import MailServers
+from services.inboxes.models import Inbox
+from services.inboxes.service import InboxService
+
+
+def inbox_to_pb(inbox: Inbox) -> inboxes_pb2.Inbox:
+    """Converts an inbox model to its message (the model holds no secret)."""
+    created, updated = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    created.FromDatetime(inbox.created_at)
+    updated.FromDatetime(inbox.updated_at)
+    message = inboxes_pb2.Inbox(
+        id=inbox.id,
+        pod_id=inbox.pod_id,
+        email=inbox.email,
+        username=inbox.username,
+        domain=inbox.domain,
+        account_id=inbox.account_id,
+        create_time=created,
+        update_time=updated,
+    )
+    if inbox.display_name is not None:
+        message.display_name = inbox.display_name
+    return message
+
+
+def credentials_to_pb(servers: MailServers, email: str, password: str) -> inboxes_pb2.Credentials:
+    """The IMAP (TLS) and SMTP (STARTTLS) logins of ``email`` with ``password``."""
+    return inboxes_pb2.Credentials(
+        imap=inboxes_pb2.ServerCredentials(
+            host=servers.imap_host,
+            port=servers.imap_port,
+            tls=True,
+            username=email,
+            password=password,
+        ),
+        smtp=inboxes_pb2.ServerCredentials(
+            host=servers.smtp_host,
+            port=servers.smtp_port,
+            starttls=True,
+            username=email,
+            password=password,
+        ),
+    )
+
+
+class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
+    """``mailplane.inboxes.v1.InboxService`` over ``InboxService``."""
+
+    def __init__(self, service: InboxService):
+        self._service = service
+
+    async def CreateInbox(
+        self, request: inboxes_pb2.CreateInboxRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.CreateInboxResponse:
+        account_id = auth.require_account()
+        wanted = request.inbox
+        created = await self._service.create(
+            account_id,
+            username=wanted.username or None,
+            domain=wanted.domain or None,
+            display_name=wanted.display_name if wanted.HasField("display_name") else None,
+            pod_ref=wanted.pod_id or None,
+            strict=request.strict,
+        )
+        response = inboxes_pb2.CreateInboxResponse(
+            inbox=inbox_to_pb(created.inbox), existed=created.existed
+        )
+        if created.password is not None:
+            response.credentials.CopyFrom(
+                credentials_to_pb(self._service.servers, created.inbox.email, created.password)
+            )
+        return response
+
+    async def GetInbox(
+        self, request: inboxes_pb2.GetInboxRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.Inbox:
+        account_id = auth.require_account()
+        return inbox_to_pb(await self._service.get(account_id, request.inbox_id))
+
+    async def ListInboxes(
+        self, request: inboxes_pb2.ListInboxesRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.ListInboxesResponse:
+        account_id = auth.require_account()
+        inboxes, token = await self._service.list_inboxes(
+            account_id,
+            request.pod_id or None,
+            request.domain or None,
+            request.page_size,
+            request.page_token,
+        )
+        return inboxes_pb2.ListInboxesResponse(
+            inboxes=[inbox_to_pb(i) for i in inboxes], next_page_token=token
+        )
+
+    async def UpdateInbox(
+        self, request: inboxes_pb2.UpdateInboxRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.Inbox:
+        account_id = auth.require_account()
+        if list(request.update_mask.paths) != ["display_name"]:
+            raise invalid_argument(
+                "update_mask", "must be exactly `display_name`: an inbox never changes pod."
+            )
+        name = request.inbox.display_name if request.inbox.HasField("display_name") else None
+        return inbox_to_pb(
+            await self._service.update_display_name(account_id, request.inbox_id, name)
+        )
+
+    async def DeleteInbox(
+        self, request: inboxes_pb2.DeleteInboxRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.DeleteInboxResponse:
+        account_id = auth.require_account()
+        inbox_id = await self._service.delete(account_id, request.inbox_id)
+        return inboxes_pb2.DeleteInboxResponse(inbox_id=inbox_id)
+
+    async def RotateInboxCredentials(
+        self,
+        request: inboxes_pb2.RotateInboxCredentialsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> inboxes_pb2.RotateInboxCredentialsResponse:
+        account_id = auth.require_account()
+        inbox, password = await self._service.rotate_credentials(account_id, request.inbox_id)
+        return inboxes_pb2.RotateInboxCredentialsResponse(
+            inbox=inbox_to_pb(inbox),
+            credentials=credentials_to_pb(self._service.servers, inbox.email, password),
+        )
+
+    async def CountInboxes(
+        self, request: inboxes_pb2.CountInboxesRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.CountInboxesResponse:
+        account_id = auth.require_account()
+        count = await self._service.count(
+            account_id,
+            request.pod_id or None,
+            request.domain or None,
+            request.outside_pod_id or None,
+        )
+        return inboxes_pb2.CountInboxesResponse(inboxes=count)
+
+    async def VerifyInboxCredentials(
+        self,
+        request: inboxes_pb2.VerifyInboxCredentialsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> inboxes_pb2.VerifyInboxCredentialsResponse:
+        auth.require_operator()
+        inbox_id, account_id, pod_id = await self._service.verify_login(
+            request.username, request.password
+        )
+        return inboxes_pb2.VerifyInboxCredentialsResponse(
+            inbox_id=inbox_id, account_id=account_id, pod_id=pod_id
+        )

@@ -1,0 +1,88 @@
+"""Composition root of the inboxes service: pool → store → service → servicer → chassis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+from mailplane.inboxes.v1 import inboxes_pb2_grpc
+
+from services.chassis import db
+from services.chassis.auth import KeyCache
+from services.chassis.config import Settings
+from services.chassis.peers import DomainsClient, PodsClient
+from services.chassis.rpc import open_channel, pods_key_resolver
+from services.chassis.server import GrpcService, Servicer
+from services.inboxes.api import InboxServicer
+from services.inboxes.credentials import MailServers
+from services.inboxes.service import InboxService, InboxSettings
+from services.inboxes.store import InboxStore
+
+NAME = "inboxes"
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "mailplane.inboxes.v1.InboxService"
+
+
+@dataclass
+class InboxesProcess:
+    """What one running inboxes service holds; ``close()`` releases it all."""
+
+    pool: asyncpg.Pool
+    channels: list[grpc.aio.Channel]
+    service: InboxService
+    grpc: GrpcService
+
+    async def close(self) -> None:
+        """Closes the pool and the peer channels (``grpc.stop`` stops serving)."""
+        for channel in self.channels:
+            await channel.close()
+        await self.pool.close()
+
+
+async def build(settings: Settings) -> InboxesProcess:
+    """Builds the inboxes service from settings; the caller starts ``grpc``."""
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    pods_channel = open_channel(settings.pods_addr)
+    domains_channel = open_channel(settings.domains_addr)
+    deadline = settings.peer_deadline_seconds
+    service = InboxService(
+        InboxStore(pool),
+        PodsClient(pods_channel, deadline),
+        DomainsClient(domains_channel, deadline),
+        InboxSettings(
+            shared_domain=settings.shared_domain,
+            servers=MailServers(
+                settings.imap_host, settings.imap_port, settings.smtp_host, settings.smtp_port
+            ),
+            settle_seconds=2 * deadline,
+        ),
+    )
+    internal_token = settings.internal_token.get_secret_value()
+    keys = KeyCache(
+        pods_key_resolver(pods_channel, internal_token, deadline),
+        ttl_seconds=min(settings.auth_cache_seconds, 5.0),
+    )
+
+    async def sweep() -> None:
+        await service.sweep(settings.stale_intent_seconds)
+
+    server = GrpcService(
+        name=NAME,
+        pool=pool,
+        servicers=[
+            Servicer(
+                inboxes_pb2_grpc.add_InboxServiceServicer_to_server,
+                InboxServicer(service),
+                SERVICE_NAME,
+            )
+        ],
+        authenticate=keys.authenticate,
+        internal_token=internal_token,
+        sweep=sweep,
+        sweep_interval=settings.sweep_interval_seconds,
+    )
+    return InboxesProcess(
+        pool=pool, channels=[pods_channel, domains_channel], service=service, grpc=server
+    )

@@ -1,0 +1,224 @@
+"""SQL of the inboxes service (schema ``inboxes``). Every query filters on
+``account_id``, except the two that must see every account: who holds an
+address (global uniqueness, seed 003; the answer is compared, never shown) and
+the credential check of the IMAP/SMTP front, which starts from an address."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from services.chassis.pagination import Page, page_of
+from services.inboxes.models import Holder, Inbox
+
+_COLUMNS = (
+    "id, account_id, pod_id, username, domain, email, display_name, state, created_at, updated_at"
+)
+
+LOCK_ACCOUNT = "SELECT pg_advisory_xact_lock(hashtext('inboxes:' || $1))"
+COUNT_ACCOUNT_INBOXES = "SELECT count(*) FROM inboxes WHERE account_id = $1"
+INSERT_INBOX = f"""
+INSERT INTO inboxes (id, account_id, pod_id, username, domain, display_name, state)
+VALUES ($1, $2, $3, $4, $5, $6, 'pending')
+ON CONFLICT DO NOTHING
+RETURNING {_COLUMNS}
+"""
+INSERT_CREDENTIALS = "INSERT INTO inbox_credentials (inbox_id, password_hash) VALUES ($1, $2)"
+SELECT_HOLDERS = """
+SELECT lower(email) AS email, id, account_id, pod_id, state FROM inboxes
+WHERE lower(email) = ANY($1::text[])
+"""
+MARK_LIVE = f"""
+UPDATE inboxes SET state = 'live', state_changed_at = now()
+WHERE account_id = $1 AND id = $2 AND state = 'pending'
+RETURNING {_COLUMNS}
+"""
+DELETE_PENDING = "DELETE FROM inboxes WHERE account_id = $1 AND id = $2 AND state = 'pending'"
+SELECT_INBOX = f"""
+SELECT {_COLUMNS} FROM inboxes WHERE account_id = $1 AND id = $2 AND state = 'live'
+"""
+LIST_INBOXES = f"""
+SELECT {_COLUMNS} FROM inboxes
+WHERE account_id = $1 AND state = 'live'
+  AND ($2::text IS NULL OR pod_id = $2)
+  AND ($3::text IS NULL OR domain = $3)
+  AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::text))
+ORDER BY created_at, id
+LIMIT $6
+"""
+UPDATE_DISPLAY_NAME = f"""
+UPDATE inboxes SET display_name = $3, updated_at = now()
+WHERE account_id = $1 AND id = $2 AND state = 'live'
+RETURNING {_COLUMNS}
+"""
+DELETE_INBOX = (
+    "DELETE FROM inboxes WHERE account_id = $1 AND id = $2 AND state = 'live' RETURNING id"
+)
+SET_PASSWORD_HASH = """
+UPDATE inbox_credentials c SET password_hash = $3, rotated_at = now()
+FROM inboxes i
+WHERE i.id = c.inbox_id AND i.account_id = $1 AND i.id = $2 AND i.state = 'live'
+"""
+SELECT_LOGIN = """
+SELECT i.id, i.account_id, i.pod_id, c.password_hash
+FROM inboxes i JOIN inbox_credentials c ON c.inbox_id = i.id
+WHERE lower(i.email) = lower($1) AND i.state = 'live'
+"""
+COUNT_INBOXES = """
+SELECT count(*) FROM inboxes
+WHERE account_id = $1
+  AND ($2::text IS NULL OR pod_id = $2)
+  AND ($3::text IS NULL OR domain = $3)
+  AND ($4::text IS NULL OR pod_id <> $4)
+"""
+SWEEP_PENDING = """
+DELETE FROM inboxes
+WHERE state = 'pending' AND state_changed_at < now() - make_interval(secs => $1)
+RETURNING id
+"""
+
+
+def _inbox(row: asyncpg.Record) -> Inbox:
+    return Inbox(
+        id=row["id"],
+        account_id=row["account_id"],
+        pod_id=row["pod_id"],
+        username=row["username"],
+        domain=row["domain"],
+        email=row["email"],
+        display_name=row["display_name"],
+        state=row["state"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class AddressTaken(Exception):
+    """The address was taken between reading its holders and inserting it."""
+
+
+class InboxStore:
+    """Reads and writes the ``inboxes`` schema through the process's pool."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+
+    async def holders(self, emails: Sequence[str]) -> dict[str, Holder]:
+        """Returns who holds each of ``emails`` (lower case), pending creates included,
+        across all accounts: addresses are globally unique (seed 003)."""
+        rows = await self._pool.fetch(SELECT_HOLDERS, list(emails))
+        return {
+            r["email"]: Holder(r["id"], r["account_id"], r["pod_id"], r["state"] == "pending")
+            for r in rows
+        }
+
+    async def insert_pending(
+        self,
+        inbox_id: str,
+        account_id: str,
+        pod_id: str,
+        username: str,
+        domain: str,
+        display_name: str | None,
+        password_hash: str,
+        limit: int | None,
+    ) -> Inbox | None:
+        """Inserts a ``pending`` inbox and its password hash if the account is under
+        ``limit`` inboxes (pending ones counted, under a per-account lock, so
+        concurrent creates cannot overshoot; DESIGN §3).
+
+        Returns:
+            The inbox, or ``None`` when the account already has ``limit`` inboxes.
+
+        Raises:
+            AddressTaken: another inbox holds the address (the unique index decides).
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_ACCOUNT, account_id)
+            if (
+                limit is not None
+                and await conn.fetchval(COUNT_ACCOUNT_INBOXES, account_id) >= limit
+            ):
+                return None
+            row = await conn.fetchrow(
+                INSERT_INBOX, inbox_id, account_id, pod_id, username, domain, display_name
+            )
+            if row is None:
+                raise AddressTaken
+            await conn.execute(INSERT_CREDENTIALS, inbox_id, password_hash)
+        return _inbox(row)
+
+    async def mark_live(self, account_id: str, inbox_id: str) -> Inbox | None:
+        """Makes a pending inbox live; ``None`` if it is gone (swept)."""
+        row = await self._pool.fetchrow(MARK_LIVE, account_id, inbox_id)
+        return _inbox(row) if row else None
+
+    async def delete_pending(self, account_id: str, inbox_id: str) -> None:
+        """Undoes a pending create (its credentials go with it)."""
+        await self._pool.execute(DELETE_PENDING, account_id, inbox_id)
+
+    async def get(self, account_id: str, inbox_id: str) -> Inbox | None:
+        """Returns the account's live inbox ``inbox_id``."""
+        row = await self._pool.fetchrow(SELECT_INBOX, account_id, inbox_id)
+        return _inbox(row) if row else None
+
+    async def list_inboxes(
+        self,
+        account_id: str,
+        pod_id: str | None,
+        domain: str | None,
+        after: list[object] | None,
+        limit: int,
+    ) -> Page[Inbox]:
+        """Returns up to ``limit`` live inboxes after sort key ``after``, oldest first."""
+        created_at, last_id = after if after else (None, None)
+        rows = await self._pool.fetch(
+            LIST_INBOXES,
+            account_id,
+            pod_id,
+            domain,
+            datetime.fromisoformat(str(created_at)) if created_at else None,
+            last_id,
+            limit + 1,
+        )
+        return page_of([_inbox(r) for r in rows], limit, lambda i: [i.created_at.isoformat(), i.id])
+
+    async def update_display_name(
+        self, account_id: str, inbox_id: str, display_name: str | None
+    ) -> Inbox | None:
+        """Sets an inbox's display name; ``None`` if there is no such inbox."""
+        row = await self._pool.fetchrow(UPDATE_DISPLAY_NAME, account_id, inbox_id, display_name)
+        return _inbox(row) if row else None
+
+    async def delete(self, account_id: str, inbox_id: str) -> bool:
+        """Deletes a live inbox and its credentials; whether it existed."""
+        return await self._pool.fetchval(DELETE_INBOX, account_id, inbox_id) is not None
+
+    async def set_password_hash(self, account_id: str, inbox_id: str, password_hash: str) -> bool:
+        """Replaces a live inbox's password hash; whether the inbox exists."""
+        status = await self._pool.execute(SET_PASSWORD_HASH, account_id, inbox_id, password_hash)
+        return status.endswith(" 1")
+
+    async def login(self, email: str) -> tuple[str, str, str, str] | None:
+        """Returns ``(inbox_id, account_id, pod_id, password_hash)`` of the live
+        inbox at ``email`` (any case), or ``None``."""
+        row = await self._pool.fetchrow(SELECT_LOGIN, email)
+        if row is None:
+            return None
+        return row["id"], row["account_id"], row["pod_id"], row["password_hash"]
+
+    async def count(
+        self, account_id: str, pod_id: str | None, domain: str | None, outside_pod_id: str | None
+    ) -> int:
+        """Counts the account's inboxes, pending ones included (DESIGN §3), in a pod
+        and/or on a domain, leaving out ``outside_pod_id``'s."""
+        return int(
+            await self._pool.fetchval(COUNT_INBOXES, account_id, pod_id, domain, outside_pod_id)
+        )
+
+    async def sweep(self, older_than_seconds: float) -> list[str]:
+        """Deletes pending inboxes older than ``older_than_seconds``; their IDs."""
+        rows = await self._pool.fetch(SWEEP_PENDING, older_than_seconds)
+        return [r["id"] for r in rows]
