@@ -86,15 +86,21 @@ class CreateInboxBody(RequestBody):
 
     username: str | None = Field(
         None,
+        min_length=1,
         max_length=64,
         description="Letters, digits, `.`, `-`, `_` (lower-cased); generated from "
         "`displayName` or the pod's name when omitted.",
     )
     domain: str | None = Field(
-        None, max_length=253, description="A verified custom domain; omit for the shared domain."
+        None,
+        min_length=1,
+        max_length=253,
+        description="A verified custom domain; omit for the shared domain.",
     )
     display_name: str | None = Field(None, max_length=255)
-    pod_id: str | None = Field(None, description="Pod ID or clientId; omit for the default pod.")
+    pod_id: str | None = Field(
+        None, min_length=1, description="Pod ID or clientId; omit for the default pod."
+    )
 
 
 class UpdateInboxBody(RequestBody):

@@ -131,9 +131,17 @@ class InboxService:
         else:
             standing, domain_name = await self._pods.get_account(), self._config.shared_domain
         base = requested or addresses.generated_username(display_name, pod.name)
-        created = await self._allocate(
-            account_id, pod, base, domain_name, display_name, strict, standing
-        )
+        try:
+            created = await self._allocate(
+                account_id, pod, base, domain_name, display_name, strict, standing
+            )
+        except MailplaneError as error:
+            if requested is not None or error.code != "username_taken":
+                raise
+            base = addresses.generated_username()  # a generated name and its fallbacks are taken
+            created = await self._allocate(
+                account_id, pod, base, domain_name, display_name, strict, standing
+            )
         if not created.existed:
             await self._confirm_or_undo(account_id, created.inbox, custom is not None)
             _log.info(
