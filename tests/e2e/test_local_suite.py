@@ -188,6 +188,27 @@ def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zon
     )
     assert narrowed.json()["podId"] == pod_id
 
+    # Inboxes: in a pod on the shared domain, an idempotent retry, the fallback in
+    # another pod, one on the verified custom domain, and a pod that is not empty.
+    def inbox(body: dict[str, str]) -> httpx.Response:
+        return httpx.post(f"{suite.url}/v1/inboxes", json=body, headers=headers)
+
+    scout = inbox({"username": "scout", "podId": "acme"})
+    assert scout.status_code == 201 and scout.json()["email"] == "scout@mailplane.test"
+    assert scout.json()["credentials"]["imap"]["password"]
+    retry = inbox({"username": "scout", "podId": "acme"})
+    assert retry.status_code == 200 and retry.json()["existed"] is True
+    assert retry.json()["id"] == scout.json()["id"] and retry.json()["credentials"] is None
+    fallback = inbox({"username": "scout"})
+    assert fallback.status_code == 201 and fallback.json()["username"] == "scout1"
+    custom = inbox({"username": "support", "domain": "journey.example", "podId": "acme"})
+    assert custom.status_code == 201 and custom.json()["email"] == "support@journey.example"
+    elsewhere = inbox({"username": "support", "domain": "journey.example"})
+    assert elsewhere.status_code == 409 and elsewhere.json()["error"] == "domain_pod_mismatch"
+    not_empty = httpx.delete(f"{suite.url}/v1/pods/acme", headers=headers)
+    assert not_empty.status_code == 409 and not_empty.json()["error"] == "pod_not_empty"
+    assert not_empty.json()["details"]["inboxes"] == 2
+
     assert suite.interrupt() == 0
     assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
     assert not (suite.state / "pgdata" / "postmaster.pid").exists()
