@@ -124,24 +124,17 @@ class InboxService:
         pod = await (self._pods.live_pod(pod_ref) if pod_ref else self._pods.default_pod())
         custom = self._custom_domain(domain)
         if custom is not None:
-            standing, used = await asyncio.gather(
-                self._pods.get_account(), self._domains.usable_by(custom, pod.id)
-            )
-            domain_name = used.name
+            domain_name = (await self._domains.usable_by(custom, pod.id)).name
         else:
-            standing, domain_name = await self._pods.get_account(), self._config.shared_domain
+            domain_name = self._config.shared_domain
         base = requested or addresses.generated_username(display_name, pod.name)
         try:
-            created = await self._allocate(
-                account_id, pod, base, domain_name, display_name, strict, standing
-            )
+            created = await self._allocate(account_id, pod, base, domain_name, display_name, strict)
         except MailplaneError as error:
             if requested is not None or error.code != "username_taken":
                 raise
             base = addresses.generated_username()  # a generated name and its fallbacks are taken
-            created = await self._allocate(
-                account_id, pod, base, domain_name, display_name, strict, standing
-            )
+            created = await self._allocate(account_id, pod, base, domain_name, display_name, strict)
         if not created.existed:
             await self._confirm_or_undo(account_id, created.inbox, custom is not None)
             _log.info(
@@ -169,10 +162,10 @@ class InboxService:
         domain: str,
         display_name: str | None,
         strict: bool,
-        standing: AccountStanding,
     ) -> Created:
         names = addresses.candidates(base, strict)
         emails = [f"{name}@{domain}" for name in names]
+        standing: AccountStanding | None = None
         password: str | None = None
         password_hash = ""
         loop = asyncio.get_running_loop()
@@ -194,6 +187,8 @@ class InboxService:
                 continue
             if choice is None:
                 raise addresses.username_taken(emails[0], strict)
+            if standing is None:  # asked only when an inbox is to be made, not for a retry
+                standing = await self._pods.get_account()
             if standing.expired:
                 raise MailplaneError(
                     "account_expired",
