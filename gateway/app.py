@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway import errors
 from gateway.deps import Stubs
-from gateway.routes import account, domains, inboxes, pods
+from gateway.routes import account, domains, inboxes, mailboxes, pods
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
 from services.chassis.rpc import open_channel
@@ -29,7 +29,7 @@ from services.chassis.rpc import open_channel
 _log = get_logger("mailplane.gateway")
 
 #: The services the gateway composes, by name; each later service adds itself.
-SERVICES = ("pods", "inboxes", "domains")
+SERVICES = ("pods", "inboxes", "domains", "mailboxes")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(pods.router)
     app.include_router(inboxes.router)
     app.include_router(domains.router)
+    app.include_router(mailboxes.router)
 
     @app.middleware("http")
     async def canonical_line(

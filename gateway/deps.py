@@ -17,6 +17,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from mailplane.domains.v1 import domains_pb2_grpc
 from mailplane.inboxes.v1 import inboxes_pb2_grpc
+from mailplane.mailboxes.v1 import mailboxes_pb2_grpc
 from mailplane.pods.v1 import pods_pb2_grpc
 
 from services.chassis import auth
@@ -35,6 +36,7 @@ class Stubs:
     api_keys: pods_pb2_grpc.ApiKeyServiceStub
     domains: domains_pb2_grpc.DomainServiceStub
     inboxes: inboxes_pb2_grpc.InboxServiceStub
+    mailboxes: mailboxes_pb2_grpc.MailboxServiceStub
 
     @classmethod
     def over(cls, channels: dict[str, grpc.aio.Channel]) -> Stubs:
@@ -46,6 +48,7 @@ class Stubs:
             api_keys=pods_pb2_grpc.ApiKeyServiceStub(pods),
             domains=domains_pb2_grpc.DomainServiceStub(channels["domains"]),
             inboxes=inboxes_pb2_grpc.InboxServiceStub(channels["inboxes"]),
+            mailboxes=mailboxes_pb2_grpc.MailboxServiceStub(channels["mailboxes"]),
         )
 
 

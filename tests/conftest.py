@@ -31,6 +31,7 @@ from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
 from services.domains import server as domains_server
 from services.inboxes import server as inboxes_server
+from services.mailboxes import server as mailboxes_server
 from services.pods import server as pods_server
 
 
@@ -117,6 +118,7 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         pods_addr=f"127.0.0.1:{free_port()}",
         domains_addr=f"127.0.0.1:{free_port()}",
         inboxes_addr=f"127.0.0.1:{free_port()}",
+        mailboxes_addr=f"127.0.0.1:{free_port()}",
         gateway_port=free_port(),
         peer_deadline_seconds=3.0,
         dns_nameservers=f"127.0.0.1:{dns_zone.port}",
@@ -131,6 +133,7 @@ class Services:
     pods: pods_server.PodsProcess
     domains: domains_server.DomainsProcess
     inboxes: inboxes_server.InboxesProcess
+    mailboxes: mailboxes_server.MailboxesProcess
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -138,7 +141,12 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
     """The real services, migrated and serving on their addresses."""
     admin = settings.database_url.get_secret_value()
     password = settings.db_role_password.get_secret_value()
-    modules = {"pods": pods_server, "domains": domains_server, "inboxes": inboxes_server}
+    modules = {
+        "pods": pods_server,
+        "domains": domains_server,
+        "inboxes": inboxes_server,
+        "mailboxes": mailboxes_server,
+    }
     processes: dict[str, Any] = {}
     for name, module in modules.items():
         await db.migrate(admin, name, password, module.MIGRATIONS)
@@ -166,6 +174,12 @@ def domains(services: Services) -> domains_server.DomainsProcess:
 def inboxes(services: Services) -> inboxes_server.InboxesProcess:
     """The running inboxes service."""
     return services.inboxes
+
+
+@pytest.fixture(scope="session")
+def mailboxes(services: Services) -> mailboxes_server.MailboxesProcess:
+    """The running mailboxes service."""
+    return services.mailboxes
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -35,6 +35,7 @@ from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
 from services.domains import server as domains_server
 from services.inboxes import server as inboxes_server
+from services.mailboxes import server as mailboxes_server
 from services.pods import server as pods_server
 
 _log = logs.get_logger("mailplane.launcher")
@@ -44,6 +45,7 @@ SERVICES = (
     ("pods", pods_server.MIGRATIONS, "services.pods"),
     ("inboxes", inboxes_server.MIGRATIONS, "services.inboxes"),
     ("domains", domains_server.MIGRATIONS, "services.domains"),
+    ("mailboxes", mailboxes_server.MIGRATIONS, "services.mailboxes"),
 )
 DEV_KEY_FILE = "dev-api-key"
 START_TIMEOUT_SECONDS = 60.0
@@ -155,7 +157,7 @@ async def _run(state: Path) -> int:
             "\nMailplane is up.\n"
             f"  REST:    {base_url}  (docs: {base_url}/docs)\n"
             f"  gRPC:    pods {settings.pods_addr}, inboxes {settings.inboxes_addr}, "
-            f"domains {settings.domains_addr}\n"
+            f"domains {settings.domains_addr}, mailboxes {settings.mailboxes_addr}\n"
             f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
             "Ctrl-C stops everything.\n\n"
         )

@@ -113,9 +113,9 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
         account_id = auth.require_account()
         return domain_to_pb(await self._service.verify(account_id, request.domain_id))
 
-    async def CountPodDomains(
-        self, request: domains_pb2.CountPodDomainsRequest, context: grpc.aio.ServicerContext
-    ) -> domains_pb2.CountPodDomainsResponse:
+    async def CountDomains(
+        self, request: domains_pb2.CountDomainsRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.CountDomainsResponse:
         account_id = auth.require_account()
-        count = await self._service.count_pod_domains(account_id, request.pod_id)
-        return domains_pb2.CountPodDomainsResponse(domains=count)
+        count = await self._service.count_domains(account_id, request.pod_id or None)
+        return domains_pb2.CountDomainsResponse(domains=count)

@@ -1,18 +1,20 @@
-"""The domains service's typed clients of the services that use domains: each
-answers how many of its resources use a domain, for DESIGN §3's parent side of a
-domain delete or re-scope."""
+"""The domains service's typed clients of the services that use domains (inboxes,
+mailboxes): how many of their resources use a domain, for DESIGN §3's parent
+side of a domain delete or re-scope, and the news that a domain's reception
+changed, for mailbox status (seed 004). Every call forwards the caller's
+credentials and has a deadline."""
 
 from __future__ import annotations
 
 import grpc
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
+from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
 
 from services.chassis.rpc import call_peer
 
 
 class InboxUserCounter:
-    """Counts the inboxes (pending ones included) on a domain through the inboxes
-    service, forwarding the caller's credentials.
+    """Counts the inboxes (pending ones included) on a domain.
 
     Args:
         channel: the process's one channel to the inboxes service.
@@ -36,3 +38,42 @@ class InboxUserCounter:
             deadline=self._deadline,
         )
         return {"inboxes": reply.inboxes}
+
+
+class MailboxUserCounter:
+    """Counts the mailboxes (not deleted; pending ones included) on a domain, and
+    tells the mailboxes service when a domain's reception changed.
+
+    Args:
+        channel: the process's one channel to the mailboxes service.
+        deadline: seconds each call may take.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+        self._stub = mailboxes_pb2_grpc.MailboxServiceStub(channel)
+        self._deadline = deadline
+
+    async def __call__(
+        self, account_id: str, domain: str, outside_pod_id: str | None
+    ) -> dict[str, int]:
+        """Returns ``{"mailboxes": n}``, not counting pod ``outside_pod_id``'s.
+
+        Raises ``unavailable`` if the mailboxes service is down.
+        """
+        reply = await call_peer(
+            self._stub.CountMailboxes,
+            mailboxes_pb2.CountMailboxesRequest(domain=domain, outside_pod_id=outside_pod_id or ""),
+            deadline=self._deadline,
+        )
+        return {"mailboxes": reply.mailboxes}
+
+    async def reception_changed(self, account_id: str, domain: str, can_receive: bool) -> None:
+        """Tells the mailboxes service whether ``domain`` can receive now.
+
+        Raises ``unavailable`` if the mailboxes service is down.
+        """
+        await call_peer(
+            self._stub.SetDomainReception,
+            mailboxes_pb2.SetDomainReceptionRequest(domain=domain, can_receive=can_receive),
+            deadline=self._deadline,
+        )

@@ -17,7 +17,7 @@ from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel, pods_key_resolver
 from services.chassis.server import GrpcService, Servicer
 from services.domains.api import DomainServicer
-from services.domains.clients import InboxUserCounter
+from services.domains.clients import InboxUserCounter, MailboxUserCounter
 from services.domains.records import MailTargets
 from services.domains.resolver import DnsLookup
 from services.domains.service import DomainService, DomainSettings
@@ -48,7 +48,8 @@ async def build(settings: Settings) -> DomainsProcess:
     """Builds the domains service from settings; the caller starts ``grpc``.
 
     Before a domain is deleted or narrowed, every service that uses domains is
-    asked for its count (DESIGN §3): inboxes; mailboxes adds its own here.
+    asked for its count (DESIGN §3): inboxes and mailboxes; after each
+    verification the mailboxes service is told whether the domain can receive.
 
     Raises:
         ValueError: ``MAILPLANE_DKIM_ENCRYPTION_KEY`` is unset.
@@ -59,6 +60,8 @@ async def build(settings: Settings) -> DomainsProcess:
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     pods_channel = open_channel(settings.pods_addr)
     inboxes_channel = open_channel(settings.inboxes_addr)
+    mailboxes_channel = open_channel(settings.mailboxes_addr)
+    mailboxes = MailboxUserCounter(mailboxes_channel, settings.peer_deadline_seconds)
     service = DomainService(
         DomainStore(pool),
         PodsClient(pods_channel, settings.peer_deadline_seconds),
@@ -68,7 +71,11 @@ async def build(settings: Settings) -> DomainsProcess:
             shared_domain=settings.shared_domain,
             targets=MailTargets(settings.mail_host, settings.mx_priority, settings.spf_include),
         ),
-        user_counters=(InboxUserCounter(inboxes_channel, settings.peer_deadline_seconds),),
+        user_counters=(
+            InboxUserCounter(inboxes_channel, settings.peer_deadline_seconds),
+            mailboxes,
+        ),
+        reception_listeners=(mailboxes.reception_changed,),
     )
     internal_token = settings.internal_token.get_secret_value()
     keys = KeyCache(
@@ -95,5 +102,8 @@ async def build(settings: Settings) -> DomainsProcess:
         sweep_interval=settings.sweep_interval_seconds,
     )
     return DomainsProcess(
-        pool=pool, channels=[pods_channel, inboxes_channel], service=service, grpc=server
+        pool=pool,
+        channels=[pods_channel, inboxes_channel, mailboxes_channel],
+        service=service,
+        grpc=server,
     )

@@ -35,6 +35,9 @@ _log = get_logger("mailplane.domains")
 #: ID whose resources are not counted (``None`` counts all). Raises
 #: ``unavailable``. The inboxes and mailboxes issues add theirs.
 DomainUserCounter = Callable[[str, str, str | None], Awaitable[dict[str, int]]]
+#: Told after each verification whether a domain can receive: arguments the
+#: account ID, the domain name and ``can_receive``. Raises ``unavailable``.
+ReceptionListener = Callable[[str, str, bool], Awaitable[None]]
 
 
 def domain_not_found(ref: str) -> MailplaneError:
@@ -70,6 +73,8 @@ class DomainService:
         cipher: encrypts DKIM private keys at rest.
         config: the shared domain and the record targets.
         user_counters: one per service that uses domains.
+        reception_listeners: told after each verification whether the domain
+            can receive (the mailboxes service moves mailbox status).
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class DomainService:
         cipher: Fernet,
         config: DomainSettings,
         user_counters: Sequence[DomainUserCounter] = (),
+        reception_listeners: Sequence[ReceptionListener] = (),
     ):
         self._store = store
         self._pods = pods
@@ -87,6 +93,7 @@ class DomainService:
         self._cipher = cipher
         self._config = config
         self._user_counters = tuple(user_counters)
+        self._reception_listeners = tuple(reception_listeners)
 
     async def create(self, account_id: str, raw_name: str, pod_ref: str | None) -> Domain:
         """Creates a domain, pod-scoped when ``pod_ref`` (ID or clientId) is given.
@@ -273,11 +280,24 @@ class DomainService:
         if updated is None:
             raise domain_not_found(ref)
         _log.info("domain_verified", account_id=account_id, domain_id=domain.id, status=status)
+        await self._tell_reception(account_id, updated)
         return updated
 
-    async def count_pod_domains(self, account_id: str, pod_id: str) -> int:
-        """Counts the domains scoped or being re-scoped to a pod, pending included."""
-        return await self._store.count_pod_domains(account_id, pod_id)
+    async def _tell_reception(self, account_id: str, domain: Domain) -> None:
+        # A listener that is down does not fail the verification: the domain's
+        # state is stored, and the next verification tells it again.
+        for listener in self._reception_listeners:
+            try:
+                await listener(account_id, domain.name, domain.can_receive)
+            except MailplaneError as error:
+                _log.warning(
+                    "reception_not_told", domain_id=domain.id, code=error.code, message=str(error)
+                )
+
+    async def count_domains(self, account_id: str, pod_id: str | None) -> int:
+        """Counts the account's domains (``pod_id`` ``None``) or those scoped or
+        being re-scoped to a pod; pending ones included."""
+        return await self._store.count_domains(account_id, pod_id)
 
     async def sweep(self, older_than_seconds: float) -> None:
         """Undoes stale pending creates and rolls back stale intents (DESIGN §3)."""

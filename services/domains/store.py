@@ -44,9 +44,10 @@ UPDATE domains SET state = 'live', state_changed_at = now()
 WHERE account_id = $1 AND id = $2 AND state = 'pending'
 """
 DELETE_PENDING = "DELETE FROM domains WHERE account_id = $1 AND id = $2 AND state = 'pending'"
-COUNT_POD_DOMAINS = """
+COUNT_DOMAINS = """
 SELECT count(*) FROM domains
-WHERE account_id = $1 AND (pod_id = $2 OR (state = 'rescoping' AND target_pod_id = $2))
+WHERE account_id = $1
+  AND ($2::text IS NULL OR pod_id = $2 OR (state = 'rescoping' AND target_pod_id = $2))
 """
 BEGIN_INTENT = f"""
 UPDATE domains SET state = $3, target_pod_id = $4, state_changed_at = now()
@@ -194,9 +195,9 @@ class DomainStore:
             [_domain(r) for r in rows], limit, lambda d: [d.created_at.isoformat(), d.id]
         )
 
-    async def count_pod_domains(self, account_id: str, pod_id: str) -> int:
+    async def count_domains(self, account_id: str, pod_id: str | None) -> int:
         """Counts domains scoped or being re-scoped to a pod, pending ones included."""
-        return int(await self._pool.fetchval(COUNT_POD_DOMAINS, account_id, pod_id))
+        return int(await self._pool.fetchval(COUNT_DOMAINS, account_id, pod_id))
 
     async def begin_intent(
         self, account_id: str, domain_id: str, intent: str, target_pod_id: str | None = None

@@ -8,44 +8,22 @@ import secrets
 import string
 import unicodedata
 
+from services.chassis.addresses import MAX_LOCAL_PART, check_local_part, is_reserved
 from services.chassis.errors import MailplaneError, invalid_argument
 
-MAX_USERNAME = 64
+MAX_USERNAME = MAX_LOCAL_PART
 #: Fallback suffixes after the requested username: ``username1`` … ``username99``.
 FALLBACKS = 99
-#: RFC 2142 role mailboxes (plus the usual ``noreply`` and ``mailer-daemon``):
-#: an agent must not answer for the domain's operator.
-RESERVED = frozenset({"postmaster", "abuse", "hostmaster", "webmaster", "noreply", "mailer-daemon"})
-_USERNAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
 _RANDOM_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def check_username(raw: str) -> str:
-    """Returns ``raw`` lower-cased if it is a valid, unreserved username.
-
-    Rules: letters, digits, ``.``, ``-``, ``_``; starts and ends with a letter or
-    digit; no ``..`` (RFC 5322 dot-atom); at most 64 characters (RFC 5321).
-
-    Raises:
-        MailplaneError: ``invalid_argument`` naming ``username``.
-    """
-    username = raw.strip().lower()
-    if not username:
+    """Returns ``raw`` lower-cased if it is a valid, unreserved username (the rule
+    of ``chassis.addresses.check_local_part``). Raises ``invalid_argument``
+    naming ``username``."""
+    if not raw.strip():
         raise invalid_argument("username", "is empty; omit it to have one generated.")
-    if len(username) > MAX_USERNAME:
-        raise invalid_argument("username", f"is longer than {MAX_USERNAME} characters.")
-    if not _USERNAME.fullmatch(username) or ".." in username:
-        raise invalid_argument(
-            "username",
-            "may contain only letters, digits, '.', '-' and '_', must start and end with a "
-            "letter or digit, and may not contain '..'.",
-        )
-    if username in RESERVED:
-        raise invalid_argument(
-            "username",
-            f"{username!r} is a reserved role address (RFC 2142); choose another username.",
-        )
-    return username
+    return check_local_part(raw, "username")
 
 
 def generated_username(*sources: str | None) -> str:
@@ -58,7 +36,7 @@ def generated_username(*sources: str | None) -> str:
         ascii_text = unicodedata.normalize("NFKD", source).encode("ascii", "ignore").decode()
         slug = re.sub(r"[^a-z0-9]+", ".", ascii_text.lower()).strip(".")[: MAX_USERNAME - 2]
         slug = slug.rstrip(".")
-        if slug and slug not in RESERVED:
+        if slug and not is_reserved(slug):
             return slug
     return "inbox-" + "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(8))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
+from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
 
 from services.chassis.rpc import call_peer
 
@@ -26,8 +27,8 @@ class DomainsCounter:
     async def __call__(self, account_id: str, pod_id: str) -> dict[str, int]:
         """Returns ``{"domains": n}``. Raises ``unavailable`` if the service is down."""
         reply = await call_peer(
-            self._stub.CountPodDomains,
-            domains_pb2.CountPodDomainsRequest(pod_id=pod_id),
+            self._stub.CountDomains,
+            domains_pb2.CountDomainsRequest(pod_id=pod_id),
             deadline=self._deadline,
         )
         return {"domains": reply.domains}
@@ -54,3 +55,26 @@ class InboxesCounter:
             deadline=self._deadline,
         )
         return {"inboxes": reply.inboxes}
+
+
+class MailboxesCounter:
+    """Counts a pod's mailboxes that are not deleted (pending ones included)
+    through the mailboxes service, forwarding the caller's credentials.
+
+    Args:
+        channel: the process's one channel to the mailboxes service.
+        deadline: seconds the call may take.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+        self._stub = mailboxes_pb2_grpc.MailboxServiceStub(channel)
+        self._deadline = deadline
+
+    async def __call__(self, account_id: str, pod_id: str) -> dict[str, int]:
+        """Returns ``{"mailboxes": n}``. Raises ``unavailable`` if the service is down."""
+        reply = await call_peer(
+            self._stub.CountMailboxes,
+            mailboxes_pb2.CountMailboxesRequest(pod_id=pod_id),
+            deadline=self._deadline,
+        )
+        return {"mailboxes": reply.mailboxes}

@@ -15,7 +15,7 @@ from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
 from services.chassis.server import GrpcService, Servicer
 from services.pods.api import AccountServicer, ApiKeyServicer, PodServicer
-from services.pods.clients import DomainsCounter, InboxesCounter
+from services.pods.clients import DomainsCounter, InboxesCounter, MailboxesCounter
 from services.pods.service import PodService
 from services.pods.store import PodStore
 
@@ -48,16 +48,18 @@ async def build(settings: Settings) -> PodsProcess:
     """Builds the pods service from settings; the caller starts ``grpc``.
 
     Before a pod is deleted, every child service is asked for its count of the
-    pod's children (DESIGN §3): inboxes and domains; mailboxes adds its own here.
+    pod's children (DESIGN §3): inboxes, mailboxes and domains.
     """
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     domains_channel = open_channel(settings.domains_addr)
     inboxes_channel = open_channel(settings.inboxes_addr)
+    mailboxes_channel = open_channel(settings.mailboxes_addr)
     deadline = settings.peer_deadline_seconds
     service = PodService(
         PodStore(pool),
         child_counters=(
             InboxesCounter(inboxes_channel, deadline),
+            MailboxesCounter(mailboxes_channel, deadline),
             DomainsCounter(domains_channel, deadline),
         ),
     )
@@ -91,5 +93,8 @@ async def build(settings: Settings) -> PodsProcess:
         sweep_interval=settings.sweep_interval_seconds,
     )
     return PodsProcess(
-        pool=pool, child_channels=[domains_channel, inboxes_channel], service=service, grpc=server
+        pool=pool,
+        child_channels=[domains_channel, inboxes_channel, mailboxes_channel],
+        service=service,
+        grpc=server,
     )

@@ -40,6 +40,7 @@ class Suite:
             MAILPLANE_PODS_ADDR=f"127.0.0.1:{self.pods_port}",
             MAILPLANE_INBOXES_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_DOMAINS_ADDR=f"127.0.0.1:{free_port()}",
+            MAILPLANE_MAILBOXES_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
             MAILPLANE_LOG_FORMAT="json",
             MAILPLANE_DNS_NAMESERVERS=f"127.0.0.1:{dns_port}",

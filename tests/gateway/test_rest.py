@@ -288,6 +288,7 @@ async def test_health_readiness_docs_and_unknown_routes(http: httpx.AsyncClient)
         "pods": "SERVING",
         "inboxes": "SERVING",
         "domains": "SERVING",
+        "mailboxes": "SERVING",
     }
     assert (await http.get("/docs")).status_code == 200
     assert_error(await http.get("/v1/nothing"), 404, "not_found")

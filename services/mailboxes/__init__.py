@@ -1,0 +1,1 @@
+"""The mailboxes service: agentic inbound mailboxes (seed 004; DESIGN §4 Mailboxes)."""

@@ -1,0 +1,81 @@
+"""Composition root of the mailboxes service: pool → store → service → servicer → chassis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import grpc
+from mailplane.mailboxes.v1 import mailboxes_pb2_grpc
+
+from services.chassis import db
+from services.chassis.auth import KeyCache
+from services.chassis.config import Settings
+from services.chassis.peers import DomainsClient, PodsClient
+from services.chassis.rpc import open_channel, pods_key_resolver
+from services.chassis.server import GrpcService, Servicer
+from services.mailboxes.api import MailboxServicer
+from services.mailboxes.service import MailboxService
+from services.mailboxes.store import MailboxStore
+
+NAME = "mailboxes"
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "mailplane.mailboxes.v1.MailboxService"
+
+
+@dataclass
+class MailboxesProcess:
+    """What one running mailboxes service holds; ``close()`` releases it all."""
+
+    pool: asyncpg.Pool
+    channels: list[grpc.aio.Channel]
+    service: MailboxService
+    grpc: GrpcService
+
+    async def close(self) -> None:
+        """Closes the pool and the peer channels (``grpc.stop`` stops serving)."""
+        for channel in self.channels:
+            await channel.close()
+        await self.pool.close()
+
+
+async def build(settings: Settings) -> MailboxesProcess:
+    """Builds the mailboxes service from settings; the caller starts ``grpc``."""
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    pods_channel = open_channel(settings.pods_addr)
+    domains_channel = open_channel(settings.domains_addr)
+    deadline = settings.peer_deadline_seconds
+    service = MailboxService(
+        MailboxStore(pool),
+        PodsClient(pods_channel, deadline),
+        DomainsClient(domains_channel, deadline),
+        settings.shared_domain,
+    )
+    internal_token = settings.internal_token.get_secret_value()
+    keys = KeyCache(
+        pods_key_resolver(pods_channel, internal_token, deadline),
+        ttl_seconds=min(settings.auth_cache_seconds, 5.0),
+    )
+
+    async def sweep() -> None:
+        await service.sweep(settings.stale_intent_seconds)
+
+    server = GrpcService(
+        name=NAME,
+        pool=pool,
+        servicers=[
+            Servicer(
+                mailboxes_pb2_grpc.add_MailboxServiceServicer_to_server,
+                MailboxServicer(service),
+                SERVICE_NAME,
+            )
+        ],
+        authenticate=keys.authenticate,
+        internal_token=internal_token,
+        sweep=sweep,
+        sweep_interval=settings.sweep_interval_seconds,
+    )
+    return MailboxesProcess(
+        pool=pool, channels=[pods_channel, domains_channel], service=service, grpc=server
+    )
