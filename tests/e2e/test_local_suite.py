@@ -210,6 +210,33 @@ def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zon
     assert not_empty.status_code == 409 and not_empty.json()["error"] == "pod_not_empty"
     assert not_empty.json()["details"]["inboxes"] == 2
 
+    # Mailboxes: seed 004's journey on our contract, and billing status.
+    mailboxes = f"{suite.url}/v1/agent/mailboxes"
+    support = httpx.post(
+        mailboxes,
+        json={"tenantId": "acme", "address": "desk@journey.example", "displayName": "Desk"},
+        headers=headers,
+    )
+    assert support.status_code == 201 and support.json()["status"] == "active", support.text
+    desk = f"{mailboxes}/{support.json()['id']}"
+    assert (
+        httpx.patch(desk, json={"status": "paused"}, headers=headers).json()["status"] == "paused"
+    )
+    assert (
+        httpx.patch(desk, json={"status": "active"}, headers=headers).json()["status"] == "active"
+    )
+    config = httpx.patch(desk, json={"config": {"inboundRateLimit": 120}}, headers=headers)
+    assert config.json()["config"]["inboundRateLimit"] == 120
+    clone = httpx.post(f"{desk}/clone", json={"address": "sales@journey.example"}, headers=headers)
+    assert clone.status_code == 201 and clone.json()["config"]["inboundRateLimit"] == 120
+    assert httpx.delete(desk, headers=headers).json() == {
+        "id": support.json()["id"],
+        "deleted": True,
+    }
+    billing = httpx.get(f"{suite.url}/v1/billing/status", headers=headers).json()
+    assert billing["plan"] == "growth" and billing["mailboxes"] == {"used": 1, "limit": 10}
+    assert billing["inboxes"]["used"] == 3 and billing["domains"]["used"] == 1
+
     assert suite.interrupt() == 0
     assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
     assert not (suite.state / "pgdata" / "postmaster.pid").exists()
