@@ -22,10 +22,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.chassis import db, logs
-from services.chassis.auth import Principal
+from services.chassis.auth import KeyCache, Principal
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
-from services.chassis.rpc import ChassisInterceptor
+from services.chassis.rpc import ChassisInterceptor, pods_key_resolver
 
 _log = get_logger("mailplane.server")
 HEALTH_PROBE_SECONDS = 2.0
@@ -140,6 +140,33 @@ class GrpcService:
             except Exception:
                 _log.exception("sweep_failed", service=self.name)
             await asyncio.sleep(self._sweep_interval)
+
+
+def keyed_service(
+    settings: Settings,
+    name: str,
+    pool: asyncpg.Pool,
+    pods_channel: grpc.aio.Channel,
+    servicer: Servicer,
+    sweep: Callable[[], Awaitable[None]],
+) -> GrpcService:
+    """The ``GrpcService`` of a service whose callers' keys are authenticated
+    through the pods service (cached ≤ 5 s; DESIGN §2) and that sweeps its own
+    stale intents every ``MAILPLANE_SWEEP_INTERVAL_SECONDS``."""
+    internal_token = settings.internal_token.get_secret_value()
+    keys = KeyCache(
+        pods_key_resolver(pods_channel, internal_token, settings.peer_deadline_seconds),
+        ttl_seconds=min(settings.auth_cache_seconds, 5.0),
+    )
+    return GrpcService(
+        name=name,
+        pool=pool,
+        servicers=[servicer],
+        authenticate=keys.authenticate,
+        internal_token=internal_token,
+        sweep=sweep,
+        sweep_interval=settings.sweep_interval_seconds,
+    )
 
 
 async def run_until_signal(

@@ -11,11 +11,10 @@ from cryptography.fernet import Fernet
 from mailplane.domains.v1 import domains_pb2_grpc
 
 from services.chassis import db
-from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
 from services.chassis.peers import PodsClient
-from services.chassis.rpc import open_channel, pods_key_resolver
-from services.chassis.server import GrpcService, Servicer
+from services.chassis.rpc import open_channel
+from services.chassis.server import GrpcService, Servicer, keyed_service
 from services.domains.api import DomainServicer
 from services.domains.clients import InboxUserCounter, MailboxUserCounter
 from services.domains.records import MailTargets
@@ -77,29 +76,21 @@ async def build(settings: Settings) -> DomainsProcess:
         ),
         reception_listeners=(mailboxes.reception_changed,),
     )
-    internal_token = settings.internal_token.get_secret_value()
-    keys = KeyCache(
-        pods_key_resolver(pods_channel, internal_token, settings.peer_deadline_seconds),
-        ttl_seconds=min(settings.auth_cache_seconds, 5.0),
-    )
 
     async def sweep() -> None:
         await service.sweep(settings.stale_intent_seconds)
 
-    server = GrpcService(
-        name=NAME,
-        pool=pool,
-        servicers=[
-            Servicer(
-                domains_pb2_grpc.add_DomainServiceServicer_to_server,
-                DomainServicer(service),
-                SERVICE_NAME,
-            )
-        ],
-        authenticate=keys.authenticate,
-        internal_token=internal_token,
-        sweep=sweep,
-        sweep_interval=settings.sweep_interval_seconds,
+    server = keyed_service(
+        settings,
+        NAME,
+        pool,
+        pods_channel,
+        Servicer(
+            domains_pb2_grpc.add_DomainServiceServicer_to_server,
+            DomainServicer(service),
+            SERVICE_NAME,
+        ),
+        sweep,
     )
     return DomainsProcess(
         pool=pool,

@@ -10,11 +10,10 @@ import grpc
 from mailplane.mailboxes.v1 import mailboxes_pb2_grpc
 
 from services.chassis import db
-from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
 from services.chassis.peers import DomainsClient, PodsClient
-from services.chassis.rpc import open_channel, pods_key_resolver
-from services.chassis.server import GrpcService, Servicer
+from services.chassis.rpc import open_channel
+from services.chassis.server import GrpcService, Servicer, keyed_service
 from services.mailboxes.api import MailboxServicer
 from services.mailboxes.service import MailboxService
 from services.mailboxes.store import MailboxStore
@@ -52,29 +51,21 @@ async def build(settings: Settings) -> MailboxesProcess:
         DomainsClient(domains_channel, deadline),
         settings.shared_domain,
     )
-    internal_token = settings.internal_token.get_secret_value()
-    keys = KeyCache(
-        pods_key_resolver(pods_channel, internal_token, deadline),
-        ttl_seconds=min(settings.auth_cache_seconds, 5.0),
-    )
 
     async def sweep() -> None:
         await service.sweep(settings.stale_intent_seconds)
 
-    server = GrpcService(
-        name=NAME,
-        pool=pool,
-        servicers=[
-            Servicer(
-                mailboxes_pb2_grpc.add_MailboxServiceServicer_to_server,
-                MailboxServicer(service),
-                SERVICE_NAME,
-            )
-        ],
-        authenticate=keys.authenticate,
-        internal_token=internal_token,
-        sweep=sweep,
-        sweep_interval=settings.sweep_interval_seconds,
+    server = keyed_service(
+        settings,
+        NAME,
+        pool,
+        pods_channel,
+        Servicer(
+            mailboxes_pb2_grpc.add_MailboxServiceServicer_to_server,
+            MailboxServicer(service),
+            SERVICE_NAME,
+        ),
+        sweep,
     )
     return MailboxesProcess(
         pool=pool, channels=[pods_channel, domains_channel], service=service, grpc=server
