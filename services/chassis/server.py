@@ -14,7 +14,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import grpc
@@ -183,17 +183,29 @@ async def run_until_signal(
     await on_stop()
 
 
-class ServiceProcess(Protocol):
-    """What a service's ``build(settings)`` returns."""
+ServiceT = TypeVar("ServiceT")
 
+
+@dataclass
+class ServiceProcess(Generic[ServiceT]):
+    """What a service's ``build(settings)`` returns: its pool, its channels to
+    peers, its rules object and its gRPC side; ``close()`` releases the pool and
+    channels (``grpc.stop`` stops serving)."""
+
+    pool: asyncpg.Pool
+    channels: list[grpc.aio.Channel]
+    service: ServiceT
     grpc: GrpcService
 
     async def close(self) -> None:
-        """Releases the pool and channels."""
+        """Closes the peer channels and the pool."""
+        for channel in self.channels:
+            await channel.close()
+        await self.pool.close()
 
 
 def service_main(
-    name: str, migrations: Path, build: Callable[[Settings], Awaitable[ServiceProcess]]
+    name: str, migrations: Path, build: Callable[[Settings], Awaitable[ServiceProcess[Any]]]
 ) -> None:
     """The ``python -m services.<name> serve|migrate`` command of every service.
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-import grpc
 from cryptography.fernet import Fernet
 from mailplane.domains.v1 import domains_pb2_grpc
 
@@ -14,7 +11,7 @@ from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
-from services.chassis.server import GrpcService, Servicer, keyed_service
+from services.chassis.server import ServiceProcess, Servicer, keyed_service
 from services.domains.api import DomainServicer
 from services.domains.clients import InboxUserCounter, MailboxUserCounter
 from services.domains.records import MailTargets
@@ -27,20 +24,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "mailplane.domains.v1.DomainService"
 
 
-@dataclass
-class DomainsProcess:
-    """What one running domains service holds; ``close()`` releases it all."""
-
-    pool: asyncpg.Pool
-    channels: list[grpc.aio.Channel]
-    service: DomainService
-    grpc: GrpcService
-
-    async def close(self) -> None:
-        """Closes the pool and the peer channels (``grpc.stop`` stops serving)."""
-        for channel in self.channels:
-            await channel.close()
-        await self.pool.close()
+#: A running domains service.
+DomainsProcess = ServiceProcess[DomainService]
 
 
 async def build(settings: Settings) -> DomainsProcess:
@@ -92,7 +77,7 @@ async def build(settings: Settings) -> DomainsProcess:
         ),
         sweep,
     )
-    return DomainsProcess(
+    return ServiceProcess(
         pool=pool,
         channels=[pods_channel, inboxes_channel, mailboxes_channel],
         service=service,

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-import grpc
 from mailplane.inboxes.v1 import inboxes_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
-from services.chassis.server import GrpcService, Servicer, keyed_service
+from services.chassis.server import ServiceProcess, Servicer, keyed_service
 from services.inboxes.api import InboxServicer
 from services.inboxes.credentials import MailServers
 from services.inboxes.service import InboxService, InboxSettings
@@ -24,20 +21,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "mailplane.inboxes.v1.InboxService"
 
 
-@dataclass
-class InboxesProcess:
-    """What one running inboxes service holds; ``close()`` releases it all."""
-
-    pool: asyncpg.Pool
-    channels: list[grpc.aio.Channel]
-    service: InboxService
-    grpc: GrpcService
-
-    async def close(self) -> None:
-        """Closes the pool and the peer channels (``grpc.stop`` stops serving)."""
-        for channel in self.channels:
-            await channel.close()
-        await self.pool.close()
+#: A running inboxes service.
+InboxesProcess = ServiceProcess[InboxService]
 
 
 async def build(settings: Settings) -> InboxesProcess:
@@ -74,6 +59,6 @@ async def build(settings: Settings) -> InboxesProcess:
         ),
         sweep,
     )
-    return InboxesProcess(
+    return ServiceProcess(
         pool=pool, channels=[pods_channel, domains_channel], service=service, grpc=server
     )

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-import grpc
 from mailplane.mailboxes.v1 import mailboxes_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
-from services.chassis.server import GrpcService, Servicer, keyed_service
+from services.chassis.server import ServiceProcess, Servicer, keyed_service
 from services.mailboxes.api import MailboxServicer
 from services.mailboxes.service import MailboxService
 from services.mailboxes.store import MailboxStore
@@ -23,20 +20,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "mailplane.mailboxes.v1.MailboxService"
 
 
-@dataclass
-class MailboxesProcess:
-    """What one running mailboxes service holds; ``close()`` releases it all."""
-
-    pool: asyncpg.Pool
-    channels: list[grpc.aio.Channel]
-    service: MailboxService
-    grpc: GrpcService
-
-    async def close(self) -> None:
-        """Closes the pool and the peer channels (``grpc.stop`` stops serving)."""
-        for channel in self.channels:
-            await channel.close()
-        await self.pool.close()
+#: A running mailboxes service.
+MailboxesProcess = ServiceProcess[MailboxService]
 
 
 async def build(settings: Settings) -> MailboxesProcess:
@@ -67,6 +52,6 @@ async def build(settings: Settings) -> MailboxesProcess:
         ),
         sweep,
     )
-    return MailboxesProcess(
+    return ServiceProcess(
         pool=pool, channels=[pods_channel, domains_channel], service=service, grpc=server
     )

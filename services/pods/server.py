@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-import grpc
 from mailplane.pods.v1 import pods_pb2_grpc
 
 from services.chassis import db
 from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
-from services.chassis.server import GrpcService, Servicer
+from services.chassis.server import GrpcService, ServiceProcess, Servicer
 from services.pods.api import AccountServicer, ApiKeyServicer, PodServicer
 from services.pods.clients import DomainsCounter, InboxesCounter, MailboxesCounter
 from services.pods.service import PodService
@@ -28,20 +25,8 @@ SERVICE_NAMES = (
 )
 
 
-@dataclass
-class PodsProcess:
-    """What one running pods service holds; ``close()`` releases it all."""
-
-    pool: asyncpg.Pool
-    child_channels: list[grpc.aio.Channel]
-    service: PodService
-    grpc: GrpcService
-
-    async def close(self) -> None:
-        """Closes the pool and channels (the gRPC side is stopped by ``grpc.stop``)."""
-        for channel in self.child_channels:
-            await channel.close()
-        await self.pool.close()
+#: A running pods service.
+PodsProcess = ServiceProcess[PodService]
 
 
 async def build(settings: Settings) -> PodsProcess:
@@ -92,9 +77,9 @@ async def build(settings: Settings) -> PodsProcess:
         sweep=sweep,
         sweep_interval=settings.sweep_interval_seconds,
     )
-    return PodsProcess(
+    return ServiceProcess(
         pool=pool,
-        child_channels=[domains_channel, inboxes_channel, mailboxes_channel],
+        channels=[domains_channel, inboxes_channel, mailboxes_channel],
         service=service,
         grpc=server,
     )
