@@ -10,6 +10,7 @@ import grpc
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
 from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
 
+from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.rpc import call_peer
 
 
@@ -47,11 +48,14 @@ class MailboxUserCounter:
     Args:
         channel: the process's one channel to the mailboxes service.
         deadline: seconds each call may take.
+        internal_token: the service credential, for the reception news (work no
+            caller started; DESIGN §2).
     """
 
-    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+    def __init__(self, channel: grpc.aio.Channel, deadline: float, internal_token: str):
         self._stub = mailboxes_pb2_grpc.MailboxServiceStub(channel)
         self._deadline = deadline
+        self._operator = ((INTERNAL_TOKEN_METADATA, internal_token),)
 
     async def __call__(
         self, account_id: str, domain: str, outside_pod_id: str | None
@@ -74,6 +78,9 @@ class MailboxUserCounter:
         """
         await call_peer(
             self._stub.SetDomainReception,
-            mailboxes_pb2.SetDomainReceptionRequest(domain=domain, can_receive=can_receive),
+            mailboxes_pb2.SetDomainReceptionRequest(
+                account_id=account_id, domain=domain, can_receive=can_receive
+            ),
             deadline=self._deadline,
+            metadata=self._operator,
         )

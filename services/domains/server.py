@@ -45,7 +45,11 @@ async def build(settings: Settings) -> DomainsProcess:
     pods_channel = open_channel(settings.pods_addr)
     inboxes_channel = open_channel(settings.inboxes_addr)
     mailboxes_channel = open_channel(settings.mailboxes_addr)
-    mailboxes = MailboxUserCounter(mailboxes_channel, settings.peer_deadline_seconds)
+    mailboxes = MailboxUserCounter(
+        mailboxes_channel,
+        settings.peer_deadline_seconds,
+        settings.internal_token.get_secret_value(),
+    )
     service = DomainService(
         DomainStore(pool),
         PodsClient(pods_channel, settings.peer_deadline_seconds),

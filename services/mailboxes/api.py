@@ -277,6 +277,10 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def SetDomainReception(
         self, request: mailboxes_pb2.SetDomainReceptionRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.SetDomainReceptionResponse:
-        account_id = auth.require_account()
-        changed = await self._service.set_reception(account_id, request.domain, request.can_receive)
+        auth.require_operator()  # work no caller started (DESIGN §2): never an account key
+        if not request.account_id:
+            raise invalid_argument("account_id", "is required.")
+        changed = await self._service.set_reception(
+            request.account_id, request.domain, request.can_receive
+        )
         return mailboxes_pb2.SetDomainReceptionResponse(changed=changed)

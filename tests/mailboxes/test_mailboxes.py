@@ -769,3 +769,23 @@ async def test_with_the_mailboxes_service_down_verify_still_answers(
     assert (
         await http.get(f"/v1/domains/{domain['id']}", headers=big_tenant.headers)
     ).status_code == 200
+
+
+async def test_an_account_key_cannot_fake_a_domains_reception(
+    http: httpx.AsyncClient, big_tenant: Tenant, settings: Settings
+) -> None:
+    from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
+
+    domain = await pending_domain(http, big_tenant)
+    mailbox = await made(http, big_tenant, address=f"p@{domain['domain']}")
+    async with grpc.aio.insecure_channel(settings.mailboxes_addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await mailboxes_pb2_grpc.MailboxServiceStub(channel).SetDomainReception(
+                mailboxes_pb2.SetDomainReceptionRequest(
+                    account_id=big_tenant.account_id, domain=domain["domain"], can_receive=True
+                ),
+                metadata=big_tenant.metadata,
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    got = await http.get(f"{BASE}/{mailbox['id']}", headers=big_tenant.headers)
+    assert got.json()["status"] == "provisioning"
