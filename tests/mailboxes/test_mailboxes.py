@@ -789,3 +789,32 @@ async def test_an_account_key_cannot_fake_a_domains_reception(
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     got = await http.get(f"{BASE}/{mailbox['id']}", headers=big_tenant.headers)
     assert got.json()["status"] == "provisioning"
+
+
+async def test_every_mailbox_and_inbox_route_is_in_the_openapi_contract(
+    http: httpx.AsyncClient,
+) -> None:
+    paths = (await http.get("/openapi.json")).json()["paths"]
+    expected = {
+        "/v1/agent/mailboxes": {"get", "post"},
+        "/v1/agent/mailboxes/{mailbox}": {"get", "patch", "delete"},
+        "/v1/agent/mailboxes/{mailbox}/clone": {"post"},
+        "/v1/agent/mailboxes/{mailbox}/folders": {"get", "post"},
+        "/v1/agent/mailboxes/{mailbox}/folders/{folder}": {"delete"},
+        "/v1/agent/mailboxes/{mailbox}/rules": {"get", "post"},
+        "/v1/agent/mailboxes/{mailbox}/rules/{rule}": {"patch", "delete"},
+        "/v1/pods/{pod}/mailboxes": {"get"},
+        "/v1/billing/status": {"get"},
+        "/v1/inboxes": {"get", "post"},
+        "/v1/inboxes/{inbox}": {"get", "patch", "delete"},
+        "/v1/inboxes/{inbox}/rotate-credentials": {"post"},
+        "/v1/pods/{pod}/inboxes": {"get"},
+    }
+    for path, methods in expected.items():
+        assert set(paths[path]) == methods, path
+    create = paths["/v1/agent/mailboxes"]["post"]["responses"]
+    assert "mailbox_limit_reached" in create["403"]["description"]
+    assert (
+        "last_mailbox"
+        in paths["/v1/agent/mailboxes/{mailbox}"]["delete"]["responses"]["409"]["description"]
+    )
