@@ -30,19 +30,39 @@ _CHECK_LEN = 6  # 62**6 > 2**32
 INTERNAL_TOKEN_METADATA = "x-mailplane-internal-token"
 
 
+PERMISSIONS = ("read", "write", "admin")
+SCOPE_TYPES = ("account", "pod", "inbox", "mailbox")
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The caller of one RPC.
+    """The caller of one RPC (issue 6: scoped keys).
 
     Attributes:
         account_id: the account a key belongs to; ``None`` for the operator.
         api_key_id: the key's ID; ``None`` for the operator.
         operator: whether the caller presented the service credential.
+        scope_type: ``account``, ``pod``, ``inbox`` or ``mailbox``.
+        scope_ids: the pod, inbox or mailbox IDs in scope (empty for account).
+        permissions: a subset of ``read``, ``write``, ``admin``.
     """
 
     account_id: str | None
     api_key_id: str | None = None
     operator: bool = False
+    scope_type: str = "account"
+    scope_ids: tuple[str, ...] = ()
+    permissions: frozenset[str] = frozenset(PERMISSIONS)
+
+    @property
+    def pod_id(self) -> str | None:
+        """The one pod a pod-scoped key may reach; ``None`` for other scopes."""
+        return self.scope_ids[0] if self.scope_type == "pod" else None
+
+    def reaches_pod(self, pod_id: str) -> bool:
+        """Whether an account or pod key reaches resources in ``pod_id`` (inbox and
+        mailbox keys reach no pod as such)."""
+        return self.scope_type == "account" or self.pod_id == pod_id
 
 
 OPERATOR = Principal(account_id=None, operator=True)
@@ -80,6 +100,45 @@ def require_account() -> str:
             "This call needs an API key: send `Authorization: Bearer <key>`.",
         )
     return principal.account_id
+
+
+def require_permission(permission: str) -> Principal:
+    """Returns the calling account's principal if its key has ``permission``.
+
+    Raises:
+        MailplaneError: ``unauthenticated`` without an account key;
+            ``permission_denied`` when the key lacks the permission (issue 6).
+    """
+    require_account()
+    principal = _principal.get()
+    assert principal is not None
+    if permission not in principal.permissions:
+        raise MailplaneError(
+            "permission_denied",
+            f"This API key lacks the {permission!r} permission; use a key that has it.",
+            {"permission": permission},
+        )
+    return principal
+
+
+def require_scope(*scope_types: str) -> Principal:
+    """Returns the calling account's principal if its key's scope is one of
+    ``scope_types`` (e.g. only account keys manage keys).
+
+    Raises:
+        MailplaneError: ``unauthenticated``; ``permission_denied``.
+    """
+    require_account()
+    principal = _principal.get()
+    assert principal is not None
+    if principal.scope_type not in scope_types:
+        raise MailplaneError(
+            "permission_denied",
+            f"A {principal.scope_type}-scoped API key cannot do this; use a "
+            f"{' or '.join(scope_types)} key.",
+            {"scope": principal.scope_type},
+        )
+    return principal
 
 
 def require_operator() -> None:

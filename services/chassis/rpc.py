@@ -238,6 +238,12 @@ def pods_key_resolver(
 
     stub = pods_pb2_grpc.ApiKeyServiceStub(channel)
     metadata = ((auth.INTERNAL_TOKEN_METADATA, internal_token),)
+    scope_names = {
+        pods_pb2.SCOPE_TYPE_ACCOUNT: "account",
+        pods_pb2.SCOPE_TYPE_POD: "pod",
+        pods_pb2.SCOPE_TYPE_INBOX: "inbox",
+        pods_pb2.SCOPE_TYPE_MAILBOX: "mailbox",
+    }
 
     async def resolve(secret: str) -> auth.Principal:
         reply = await call_peer(
@@ -246,7 +252,13 @@ def pods_key_resolver(
             deadline=timeout,
             metadata=metadata,
         )
-        return auth.Principal(account_id=reply.account_id, api_key_id=reply.api_key_id)
+        return auth.Principal(
+            account_id=reply.account_id,
+            api_key_id=reply.api_key_id,
+            scope_type=scope_names.get(reply.scope.type, "account"),
+            scope_ids=tuple(reply.scope.ids),
+            permissions=frozenset(reply.permissions),
+        )
 
     return resolve
 

@@ -6,7 +6,7 @@ request, calls ``PodService`` and converts the answer.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -69,13 +69,29 @@ def account_to_pb(account: Account) -> pods_pb2.Account:
 
 def api_key_to_pb(key: ApiKey) -> pods_pb2.ApiKey:
     """Converts an API-key model to its message (it has no secret)."""
-    return pods_pb2.ApiKey(
+    message = pods_pb2.ApiKey(
         id=key.id,
         name=key.name,
         prefix=key.prefix,
         last4=key.last4,
         create_time=_ts(key.created_at),
+        scope=pods_pb2.KeyScope(type=SCOPE_TO_PB[key.scope_type], ids=key.scope_ids),
+        permissions=key.permissions,
     )
+    if key.expires_at is not None:
+        message.expire_time.CopyFrom(_ts(key.expires_at))
+    if key.last_used_at is not None:
+        message.last_use_time.CopyFrom(_ts(key.last_used_at))
+    return message
+
+
+SCOPE_TO_PB = {
+    "account": pods_pb2.SCOPE_TYPE_ACCOUNT,
+    "pod": pods_pb2.SCOPE_TYPE_POD,
+    "inbox": pods_pb2.SCOPE_TYPE_INBOX,
+    "mailbox": pods_pb2.SCOPE_TYPE_MAILBOX,
+}
+_SCOPE_FROM_PB = {v: k for k, v in SCOPE_TO_PB.items()}
 
 
 def _optional(message: pods_pb2.Pod, field: str) -> str | None:
@@ -189,14 +205,29 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
     async def CreateApiKey(
         self, request: pods_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.CreateApiKeyResponse:
-        account_id = auth.require_account()
-        key, secret = await self._service.create_api_key(account_id, request.api_key.name)
+        account_id = _key_admin()
+        wanted = request.api_key
+        scope_type = _SCOPE_FROM_PB.get(wanted.scope.type, "account")
+        ids = list(wanted.scope.ids)
+        if scope_type != "account" and not ids:
+            raise invalid_argument("scope.ids", f"a {scope_type} key names its {scope_type}.")
+        key, secret = await self._service.create_api_key(
+            account_id,
+            wanted.name,
+            pod_ref=ids[0] if scope_type == "pod" else None,
+            inbox_id=ids[0] if scope_type == "inbox" else None,
+            mailbox_ids=ids if scope_type == "mailbox" else (),
+            permissions=list(wanted.permissions),
+            expires_at=wanted.expire_time.ToDatetime(tzinfo=UTC)
+            if wanted.HasField("expire_time")
+            else None,
+        )
         return pods_pb2.CreateApiKeyResponse(api_key=api_key_to_pb(key), secret=secret)
 
     async def ListApiKeys(
         self, request: pods_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.ListApiKeysResponse:
-        account_id = auth.require_account()
+        account_id = _key_admin()
         keys, token = await self._service.list_api_keys(
             account_id, request.page_size, request.page_token
         )
@@ -207,7 +238,7 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
     async def DeleteApiKey(
         self, request: pods_pb2.DeleteApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.DeleteApiKeyResponse:
-        account_id = auth.require_account()
+        account_id = _key_admin()
         key_id = await self._service.delete_api_key(account_id, request.api_key_id)
         return pods_pb2.DeleteApiKeyResponse(api_key_id=key_id)
 
@@ -217,5 +248,25 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
         auth.require_operator()
         principal = await self._service.authenticate(request.secret)
         return pods_pb2.AuthenticateApiKeyResponse(
-            account_id=principal.account_id or "", api_key_id=principal.api_key_id or ""
+            account_id=principal.account_id or "",
+            api_key_id=principal.api_key_id or "",
+            scope=pods_pb2.KeyScope(
+                type=SCOPE_TO_PB[principal.scope_type], ids=principal.scope_ids
+            ),
+            permissions=sorted(principal.permissions),
         )
+
+    async def RevokeScopedApiKeys(
+        self, request: pods_pb2.RevokeScopedApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pods_pb2.RevokeScopedApiKeysResponse:
+        account_id = auth.require_permission("write").account_id or ""
+        revoked = await self._service.unscope_api_keys(
+            account_id, _SCOPE_FROM_PB.get(request.scope_type, ""), request.resource_id
+        )
+        return pods_pb2.RevokeScopedApiKeysResponse(revoked=revoked)
+
+
+def _key_admin() -> str:
+    """Only an account-wide key with ``admin`` manages keys (issue 6)."""
+    auth.require_scope("account")
+    return auth.require_permission("admin").account_id or ""

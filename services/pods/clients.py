@@ -3,6 +3,8 @@ children a pod has, for DESIGN §3's parent side of a pod delete."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
@@ -78,3 +80,36 @@ class MailboxesCounter:
             deadline=self._deadline,
         )
         return {"mailboxes": reply.mailboxes}
+
+
+class ScopeResources:
+    """Confirms, through the inboxes and mailboxes services, that the inbox or
+    mailboxes a new key is scoped to exist in the caller's account.
+
+    Args:
+        inboxes: the process's one channel to the inboxes service.
+        mailboxes: the process's one channel to the mailboxes service.
+        deadline: seconds each call may take.
+    """
+
+    def __init__(self, inboxes: grpc.aio.Channel, mailboxes: grpc.aio.Channel, deadline: float):
+        self._inboxes = inboxes_pb2_grpc.InboxServiceStub(inboxes)
+        self._mailboxes = mailboxes_pb2_grpc.MailboxServiceStub(mailboxes)
+        self._deadline = deadline
+
+    async def __call__(self, scope_type: str, resource_ids: Sequence[str]) -> None:
+        """Raises ``inbox_not_found``/``mailbox_not_found``/``unavailable`` unless
+        every ID is the caller's."""
+        for resource_id in resource_ids:
+            if scope_type == "inbox":
+                await call_peer(
+                    self._inboxes.GetInbox,
+                    inboxes_pb2.GetInboxRequest(inbox_id=resource_id),
+                    deadline=self._deadline,
+                )
+            else:
+                await call_peer(
+                    self._mailboxes.GetMailbox,
+                    mailboxes_pb2.GetMailboxRequest(mailbox_id=resource_id),
+                    deadline=self._deadline,
+                )

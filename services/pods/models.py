@@ -50,3 +50,8 @@ class ApiKey:
     prefix: str
     last4: str
     created_at: datetime
+    scope_type: str = "account"
+    scope_ids: tuple[str, ...] = ()
+    permissions: tuple[str, ...] = ("read", "write", "admin")
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None

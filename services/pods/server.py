@@ -12,7 +12,12 @@ from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
 from services.chassis.server import GrpcService, ServiceProcess, Servicer
 from services.pods.api import AccountServicer, ApiKeyServicer, PodServicer
-from services.pods.clients import DomainsCounter, InboxesCounter, MailboxesCounter
+from services.pods.clients import (
+    DomainsCounter,
+    InboxesCounter,
+    MailboxesCounter,
+    ScopeResources,
+)
 from services.pods.service import PodService
 from services.pods.store import PodStore
 
@@ -47,6 +52,7 @@ async def build(settings: Settings) -> PodsProcess:
             MailboxesCounter(mailboxes_channel, deadline),
             DomainsCounter(domains_channel, deadline),
         ),
+        scope_check=ScopeResources(inboxes_channel, mailboxes_channel, deadline),
     )
     keys = KeyCache(service.authenticate, ttl_seconds=min(settings.auth_cache_seconds, 5.0))
     servicers = [
@@ -67,6 +73,7 @@ async def build(settings: Settings) -> PodsProcess:
 
     async def sweep() -> None:
         await service.sweep(settings.stale_intent_seconds)
+        await service.flush_key_use()  # lastUsedAt, batched: one write per sweep
 
     server = GrpcService(
         name=NAME,

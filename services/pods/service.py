@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 from services.chassis import auth, ids, pagination
 from services.chassis.errors import MailplaneError, invalid_argument
@@ -39,6 +40,12 @@ ChildCounter = Callable[[str, str], Awaitable[dict[str, int]]]
 #: Counts that block a delete with ``pod_not_empty``; the rest (pod-scoped
 #: ``domains``) block it with ``pod_has_domains``.
 _CONTENT_COUNTS = ("inboxes", "mailboxes")
+#: Live keys one pod, inbox or mailbox may have (issue 6).
+MAX_KEYS_PER_SCOPE = 20
+#: Confirms that inboxes or mailboxes exist in the caller's account, for a key's
+#: scope: ``(scope_type, ids)``. Raises ``inbox_not_found`` /
+#: ``mailbox_not_found`` / ``unavailable``.
+ScopeCheck = Callable[[str, Sequence[str]], Awaitable[None]]
 
 
 def _check_length(field: str, value: str | None) -> None:
@@ -80,11 +87,26 @@ class PodService:
     Args:
         store: the pods schema.
         child_counters: one per child service, asked before a pod is deleted.
+        scope_check: confirms the inboxes or mailboxes a new key is scoped to.
     """
 
-    def __init__(self, store: PodStore, child_counters: Sequence[ChildCounter] = ()):
+    def __init__(
+        self,
+        store: PodStore,
+        child_counters: Sequence[ChildCounter] = (),
+        scope_check: ScopeCheck | None = None,
+    ):
         self._store = store
         self._child_counters = tuple(child_counters)
+        self._scope_check_fn = scope_check
+        self._used_keys: set[str] = set()
+
+    async def _scope_check(self, scope_type: str, resource_ids: Sequence[str]) -> None:
+        if self._scope_check_fn is None:
+            raise MailplaneError(
+                "unavailable", f"The {scope_type} service is not wired to confirm the scope."
+            )
+        await self._scope_check_fn(scope_type, resource_ids)
 
     # Accounts ---------------------------------------------------------------
 
@@ -259,23 +281,89 @@ class PodService:
 
     # API keys ---------------------------------------------------------------
 
-    async def create_api_key(self, account_id: str, name: str) -> tuple[ApiKey, str]:
-        """Creates an account key.
+    async def create_api_key(
+        self,
+        account_id: str,
+        name: str,
+        *,
+        pod_ref: str | None = None,
+        inbox_id: str | None = None,
+        mailbox_ids: Sequence[str] = (),
+        permissions: Sequence[str] = (),
+        expires_at: datetime | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Creates a key: account-wide, or scoped to one pod (ID or clientId), one
+        inbox or some mailboxes (issue 6; seeds 001, 004).
+
+        Args:
+            permissions: ``read``/``write``/``admin``; empty means read and write.
+            expires_at: when it stops working (must be in the future), or ``None``.
 
         Returns:
             ``(key, secret)``; the secret is shown once and only its SHA-256 is kept.
 
         Raises:
-            MailplaneError: ``invalid_argument`` for an empty or long name.
+            MailplaneError: ``invalid_argument``; ``pod_not_found``,
+                ``inbox_not_found``, ``mailbox_not_found``;
+                ``api_key_limit_reached`` past 20 live keys per pod, inbox or
+                mailbox; ``unavailable`` when the inboxes or mailboxes service
+                cannot confirm the scope.
         """
         if not name.strip():
             raise invalid_argument("name", "is required: name the key after who will use it.")
         _check_length("name", name)
+        scope_type, scope_ids = await self._key_scope(account_id, pod_ref, inbox_id, mailbox_ids)
+        granted = tuple(dict.fromkeys(permissions)) or ("read", "write")
+        if any(p not in auth.PERMISSIONS for p in granted):
+            raise invalid_argument("permissions", "may hold only read, write and admin.")
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise invalid_argument("expiresAt", "must be in the future.")
         secret = auth.new_secret()
         key = await self._store.create_api_key(
-            ids.new_id("key"), account_id, name, auth.secret_hash(secret), secret[:8], secret[-4:]
+            ApiKey(
+                id=ids.new_id("key"),
+                account_id=account_id,
+                name=name,
+                prefix=secret[:8],
+                last4=secret[-4:],
+                created_at=datetime.now(UTC),
+                scope_type=scope_type,
+                scope_ids=scope_ids,
+                permissions=granted,
+                expires_at=expires_at,
+            ),
+            auth.secret_hash(secret),
+            per_scope_limit=MAX_KEYS_PER_SCOPE,
         )
+        if key is None:
+            raise MailplaneError(
+                "api_key_limit_reached",
+                f"A {scope_type} may have at most {MAX_KEYS_PER_SCOPE} live keys; "
+                "delete one first.",
+                {"limit": MAX_KEYS_PER_SCOPE},
+            )
         return key, secret
+
+    async def _key_scope(
+        self,
+        account_id: str,
+        pod_ref: str | None,
+        inbox_id: str | None,
+        mailbox_ids: Sequence[str],
+    ) -> tuple[str, tuple[str, ...]]:
+        given = [x for x in (pod_ref, inbox_id, list(mailbox_ids) or None) if x is not None]
+        if len(given) > 1:
+            raise invalid_argument("podId", "a key is scoped to a pod, an inbox or mailboxes: one.")
+        if pod_ref is not None:
+            return "pod", ((await self.get_pod(account_id, pod_ref)).id,)
+        if inbox_id is not None:
+            await self._scope_check("inbox", (inbox_id,))
+            return "inbox", (inbox_id,)
+        if mailbox_ids:
+            unique = tuple(dict.fromkeys(mailbox_ids))
+            await self._scope_check("mailbox", unique)
+            return "mailbox", unique
+        return "account", ()
 
     async def list_api_keys(
         self, account_id: str, size: int, token: str
@@ -296,18 +384,45 @@ class PodService:
         return key_id
 
     async def authenticate(self, secret: str) -> auth.Principal:
-        """Resolves a secret to its principal.
+        """Resolves a secret to its principal (scope and permissions included) and
+        notes the key's use for the next ``flush_key_use``.
 
         Raises:
-            MailplaneError: ``unauthenticated`` for a malformed or unknown key.
+            MailplaneError: ``unauthenticated`` for a malformed, unknown, deleted
+                or expired key.
         """
         if not auth.well_formed(secret):
             raise auth.bad_key()
         digest = auth.secret_hash(secret)
         found = await self._store.find_api_key(digest)
-        if found is None or not hmac.compare_digest(found[2], digest):
+        if found is None or not hmac.compare_digest(found[1], digest):
             raise auth.bad_key()
-        return auth.Principal(account_id=found[1], api_key_id=found[0])
+        key = found[0]
+        self._used_keys.add(key.id)
+        return auth.Principal(
+            account_id=key.account_id,
+            api_key_id=key.id,
+            scope_type=key.scope_type,
+            scope_ids=key.scope_ids,
+            permissions=frozenset(key.permissions),
+        )
+
+    async def flush_key_use(self) -> None:
+        """Writes ``last_used_at`` for the keys used since the last flush, in one
+        statement (no write per request)."""
+        used, self._used_keys = self._used_keys, set()
+        if used:
+            await self._store.touch_api_keys(sorted(used), datetime.now(UTC))
+
+    async def unscope_api_keys(self, account_id: str, scope_type: str, resource_id: str) -> int:
+        """Forgets a deleted inbox or mailbox in the account's key scopes; keys left
+        with nothing in scope are deleted. Returns how many were deleted."""
+        if scope_type not in ("inbox", "mailbox") or not resource_id:
+            raise invalid_argument("scopeType", "must be inbox or mailbox, with an ID.")
+        revoked = await self._store.unscope_api_keys(account_id, scope_type, resource_id)
+        if revoked:
+            _log.info("api_keys_revoked", account_id=account_id, count=revoked)
+        return revoked
 
 
 def _account_not_found(account_id: str) -> MailplaneError:

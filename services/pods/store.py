@@ -71,21 +71,47 @@ WHERE state = 'deleting' AND state_changed_at < now() - make_interval(secs => $1
 RETURNING id
 """
 
-INSERT_API_KEY = """
-INSERT INTO api_keys (id, account_id, name, secret_sha256, prefix, last4)
-VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING id, account_id, name, prefix, last4, created_at
+_KEY_COLUMNS = (
+    "id, account_id, name, prefix, last4, created_at, scope_type, scope_ids, permissions, "
+    "expires_at, last_used_at"
+)
+INSERT_API_KEY = f"""
+INSERT INTO api_keys (id, account_id, name, secret_sha256, prefix, last4, scope_type, scope_ids,
+    permissions, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+RETURNING {_KEY_COLUMNS}
 """
-LIST_API_KEYS = """
-SELECT id, account_id, name, prefix, last4, created_at FROM api_keys
+LOCK_KEYS = "SELECT pg_advisory_xact_lock(hashtext('api_keys:' || $1))"
+#: Live keys whose scope holds any of the IDs (the 20-per-scope limit, issue 6).
+COUNT_SCOPED_KEYS = """
+SELECT id, count(*) FROM api_keys, unnest(scope_ids) AS id
+WHERE account_id = $1 AND scope_ids && $2::text[]
+  AND (expires_at IS NULL OR expires_at > now()) AND id = ANY($2::text[])
+GROUP BY id
+"""
+LIST_API_KEYS = f"""
+SELECT {_KEY_COLUMNS} FROM api_keys
 WHERE account_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::text))
 ORDER BY created_at, id
 LIMIT $4
 """
 DELETE_API_KEY = "DELETE FROM api_keys WHERE account_id = $1 AND id = $2 RETURNING id"
-SELECT_API_KEY_BY_HASH = (
-    "SELECT id, account_id, secret_sha256 FROM api_keys WHERE secret_sha256 = $1"
+SELECT_API_KEY_BY_HASH = f"""
+SELECT {_KEY_COLUMNS}, secret_sha256 FROM api_keys
+WHERE secret_sha256 = $1 AND (expires_at IS NULL OR expires_at > now())
+"""
+TOUCH_API_KEYS = "UPDATE api_keys SET last_used_at = $2 WHERE id = ANY($1::text[])"
+#: Drops a deleted inbox or mailbox from key scopes; keys left empty are deleted.
+UNSCOPE_API_KEYS = """
+WITH changed AS (
+    UPDATE api_keys SET scope_ids = array_remove(scope_ids, $3)
+    WHERE account_id = $1 AND scope_type = $2 AND scope_ids @> ARRAY[$3]
+    RETURNING id, scope_ids
 )
+DELETE FROM api_keys k USING changed c
+WHERE k.id = c.id AND cardinality(c.scope_ids) = 0
+RETURNING k.id
+"""
 
 
 def _account(row: asyncpg.Record) -> Account:
@@ -119,6 +145,11 @@ def _api_key(row: asyncpg.Record) -> ApiKey:
         prefix=row["prefix"],
         last4=row["last4"],
         created_at=row["created_at"],
+        scope_type=row["scope_type"],
+        scope_ids=tuple(row["scope_ids"]),
+        permissions=tuple(row["permissions"]),
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
     )
 
 
@@ -165,6 +196,10 @@ class PodStore:
                     key_hash,
                     key_prefix,
                     key_last4,
+                    "account",
+                    [],
+                    ["read", "write", "admin"],
+                    None,
                 )
             )
         return account, pod, key
@@ -275,12 +310,37 @@ class PodStore:
     # API keys ---------------------------------------------------------------
 
     async def create_api_key(
-        self, key_id: str, account_id: str, name: str, key_hash: bytes, prefix: str, last4: str
-    ) -> ApiKey:
-        """Inserts a key; only the secret's SHA-256 is stored."""
-        row = await self._pool.fetchrow(
-            INSERT_API_KEY, key_id, account_id, name, key_hash, prefix, last4
-        )
+        self,
+        key: ApiKey,
+        key_hash: bytes,
+        per_scope_limit: int | None = None,
+    ) -> ApiKey | None:
+        """Inserts a key; only the secret's SHA-256 is stored. A scoped key is
+        refused (``None``) when any ID in its scope already has
+        ``per_scope_limit`` live keys, counted under a per-account lock.
+
+        Returns:
+            The key, or ``None`` past the limit.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            if per_scope_limit is not None and key.scope_ids:
+                await conn.execute(LOCK_KEYS, key.account_id)
+                counts = await conn.fetch(COUNT_SCOPED_KEYS, key.account_id, list(key.scope_ids))
+                if any(r["count"] >= per_scope_limit for r in counts):
+                    return None
+            row = await conn.fetchrow(
+                INSERT_API_KEY,
+                key.id,
+                key.account_id,
+                key.name,
+                key_hash,
+                key.prefix,
+                key.last4,
+                key.scope_type,
+                list(key.scope_ids),
+                list(key.permissions),
+                key.expires_at,
+            )
         return _api_key(row)
 
     async def list_api_keys(
@@ -303,7 +363,16 @@ class PodStore:
         """Deletes the account's key; returns whether it existed."""
         return await self._pool.fetchval(DELETE_API_KEY, account_id, key_id) is not None
 
-    async def find_api_key(self, key_hash: bytes) -> tuple[str, str, bytes] | None:
-        """Returns ``(key_id, account_id, stored_hash)`` for a secret's hash, or ``None``."""
+    async def find_api_key(self, key_hash: bytes) -> tuple[ApiKey, bytes] | None:
+        """Returns the live (unexpired) key with a secret's hash and the stored hash."""
         row = await self._pool.fetchrow(SELECT_API_KEY_BY_HASH, key_hash)
-        return (row["id"], row["account_id"], bytes(row["secret_sha256"])) if row else None
+        return (_api_key(row), bytes(row["secret_sha256"])) if row else None
+
+    async def touch_api_keys(self, key_ids: list[str], when: datetime) -> None:
+        """Records that keys were used at ``when`` (one statement for a batch)."""
+        await self._pool.execute(TOUCH_API_KEYS, key_ids, when)
+
+    async def unscope_api_keys(self, account_id: str, scope_type: str, resource_id: str) -> int:
+        """Removes a deleted inbox or mailbox from the account's key scopes and
+        deletes the keys left with nothing in scope; how many were deleted."""
+        return len(await self._pool.fetch(UNSCOPE_API_KEYS, account_id, scope_type, resource_id))
