@@ -12,6 +12,7 @@ from pydantic import Field
 from gateway.deps import CallerCall
 from gateway.errors import documented
 from gateway.routes.common import Deleted, PageLimit, PageToken, RequestBody, Resource, time_of
+from services.chassis.errors import invalid_argument
 
 router = APIRouter(tags=["account"])
 
@@ -36,6 +37,23 @@ class Account(Resource):
     created_at: datetime
 
 
+ScopeType = Literal["account", "pod", "inbox", "mailbox"]
+Permission = Literal["read", "write", "admin"]
+_SCOPES = {
+    pods_pb2.SCOPE_TYPE_ACCOUNT: "account",
+    pods_pb2.SCOPE_TYPE_POD: "pod",
+    pods_pb2.SCOPE_TYPE_INBOX: "inbox",
+    pods_pb2.SCOPE_TYPE_MAILBOX: "mailbox",
+}
+
+
+class KeyScope(Resource):
+    """What a key may reach: the account, one pod, one inbox or some mailboxes."""
+
+    type: ScopeType
+    ids: list[str] = Field(description="The pod, inbox or mailbox IDs; empty for the account.")
+
+
 class ApiKey(Resource):
     """An API key; its secret is never shown again after creation."""
 
@@ -43,7 +61,11 @@ class ApiKey(Resource):
     name: str
     prefix: str = Field(description="The secret's first 8 characters.")
     last4: str = Field(description="The secret's last 4 characters.")
+    scope: KeyScope
+    permissions: list[Permission]
     created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = Field(description="Recorded in batches (≈15 s).")
 
 
 class CreatedApiKey(ApiKey):
@@ -60,9 +82,16 @@ class ApiKeyList(Resource):
 
 
 class CreateApiKeyBody(RequestBody):
-    """A new key's fields."""
+    """A new key: account-wide, or scoped to one of a pod, an inbox or mailboxes."""
 
     name: str = Field(min_length=1, max_length=255, description="Who or what will use the key.")
+    pod_id: str | None = Field(None, min_length=1, description="Pod ID or clientId.")
+    inbox_id: str | None = Field(None, min_length=1)
+    mailbox_ids: list[str] | None = Field(None, min_length=1, max_length=100)
+    permissions: list[Permission] | None = Field(
+        None, min_length=1, description="Default `read` and `write`."
+    )
+    expires_at: datetime | None = Field(None, description="RFC 3339; must be in the future.")
 
 
 def _key_of(message: pods_pb2.ApiKey) -> dict[str, object]:
@@ -71,7 +100,16 @@ def _key_of(message: pods_pb2.ApiKey) -> dict[str, object]:
         "name": message.name,
         "prefix": message.prefix,
         "last4": message.last4,
+        "scope": KeyScope(
+            type=_SCOPES.get(message.scope.type, "account"),  # type: ignore[arg-type]
+            ids=list(message.scope.ids),
+        ),
+        "permissions": list(message.permissions),
         "created_at": time_of(message.create_time),
+        "expires_at": time_of(message.expire_time) if message.HasField("expire_time") else None,
+        "last_used_at": time_of(message.last_use_time)
+        if message.HasField("last_use_time")
+        else None,
     }
 
 
@@ -96,14 +134,33 @@ async def get_account(call: CallerCall) -> Account:
     "/v1/api-keys",
     status_code=201,
     response_model=CreatedApiKey,
-    responses=documented(),
+    responses=documented(
+        "permission_denied",
+        "pod_not_found",
+        "inbox_not_found",
+        "mailbox_not_found",
+        "api_key_limit_reached",
+    ),
     tags=["api-keys"],
     summary="Create an API key",
 )
 async def create_api_key(call: CallerCall, body: CreateApiKeyBody) -> CreatedApiKey:
-    """Creates an account key and shows its secret once."""
+    """Creates a key and shows its secret once. Needs an account key with `admin`."""
+    given = [f for f in ("pod_id", "inbox_id", "mailbox_ids") if getattr(body, f) is not None]
+    if len(given) > 1:
+        raise invalid_argument("podId", "send one of podId, inboxId and mailboxIds.")
+    scope = pods_pb2.KeyScope(type=pods_pb2.SCOPE_TYPE_ACCOUNT)
+    if body.pod_id is not None:
+        scope = pods_pb2.KeyScope(type=pods_pb2.SCOPE_TYPE_POD, ids=[body.pod_id])
+    elif body.inbox_id is not None:
+        scope = pods_pb2.KeyScope(type=pods_pb2.SCOPE_TYPE_INBOX, ids=[body.inbox_id])
+    elif body.mailbox_ids is not None:
+        scope = pods_pb2.KeyScope(type=pods_pb2.SCOPE_TYPE_MAILBOX, ids=body.mailbox_ids)
+    key = pods_pb2.ApiKey(name=body.name, scope=scope, permissions=body.permissions or [])
+    if body.expires_at is not None:
+        key.expire_time.FromDatetime(body.expires_at)
     response = await call.stubs.api_keys.CreateApiKey(
-        pods_pb2.CreateApiKeyRequest(api_key=pods_pb2.ApiKey(name=body.name)),
+        pods_pb2.CreateApiKeyRequest(api_key=key),
         metadata=call.metadata,
         timeout=call.timeout,
     )
@@ -113,7 +170,7 @@ async def create_api_key(call: CallerCall, body: CreateApiKeyBody) -> CreatedApi
 @router.get(
     "/v1/api-keys",
     response_model=ApiKeyList,
-    responses=documented(),
+    responses=documented("permission_denied"),
     tags=["api-keys"],
     summary="List API keys",
 )
@@ -135,7 +192,7 @@ async def list_api_keys(
 @router.delete(
     "/v1/api-keys/{key_id}",
     response_model=Deleted,
-    responses=documented("api_key_not_found"),
+    responses=documented("api_key_not_found", "permission_denied"),
     tags=["api-keys"],
     summary="Delete an API key",
 )

@@ -240,7 +240,20 @@ async def test_api_key_routes(http: httpx.AsyncClient, tenant: Tenant) -> None:
     created = await http.post("/v1/api-keys", json={"name": "ci"}, headers=tenant.headers)
     assert created.status_code == 201
     key = created.json()
-    assert set(key) == {"id", "name", "prefix", "last4", "createdAt", "key"}
+    assert set(key) == {
+        "id",
+        "name",
+        "prefix",
+        "last4",
+        "scope",
+        "permissions",
+        "createdAt",
+        "expiresAt",
+        "lastUsedAt",
+        "key",
+    }
+    assert key["scope"] == {"type": "account", "ids": []}
+    assert key["permissions"] == ["read", "write"] and key["expiresAt"] is None
     assert key["key"].startswith("mp_") and key["key"].endswith(key["last4"])
     listing = (await http.get("/v1/api-keys", headers=tenant.headers)).json()
     assert set(listing) == {"apiKeys", "nextPageToken"}
