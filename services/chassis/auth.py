@@ -141,6 +141,27 @@ def require_scope(*scope_types: str) -> Principal:
     return principal
 
 
+def reaches(pod_id: str, kind: str | None = None, resource_id: str | None = None) -> bool:
+    """Whether the caller's key reaches a resource in ``pod_id``: every account
+    key does; a pod key in its pod; an inbox or mailbox key only the ``kind``
+    (``inbox``/``mailbox``) resource with an ID in its scope (issue 6). A resource
+    out of reach is answered as not found, never as forbidden."""
+    principal = _principal.get()
+    if principal is None or principal.operator or principal.scope_type == "account":
+        return True
+    if principal.scope_type == "pod":
+        return principal.pod_id == pod_id
+    return principal.scope_type == kind and resource_id in principal.scope_ids
+
+
+def current() -> Principal:
+    """Returns the calling account's principal. Raises ``unauthenticated``."""
+    require_account()
+    principal = _principal.get()
+    assert principal is not None
+    return principal
+
+
 def require_operator() -> None:
     """Raises ``permission_denied`` unless the caller holds the service credential."""
     principal = _principal.get()

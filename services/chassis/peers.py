@@ -61,6 +61,7 @@ class PodsClient:
     def __init__(self, channel: grpc.aio.Channel, deadline: float):
         self._pods = pods_pb2_grpc.PodServiceStub(channel)
         self._accounts = pods_pb2_grpc.AccountServiceStub(channel)
+        self._keys = pods_pb2_grpc.ApiKeyServiceStub(channel)
         self._deadline = deadline
 
     async def get_pod(self, ref: str) -> PodRef:
@@ -92,6 +93,20 @@ class PodsClient:
         )
         pod = page.pods[0]  # the default pod is listed first and is never deleted
         return PodRef(id=pod.id, name=pod.name if pod.HasField("name") else None, deleting=False)
+
+    async def revoke_scoped_keys(self, scope_type: str, resource_id: str) -> None:
+        """Drops a deleted inbox or mailbox from the caller's account's key scopes;
+        keys left with nothing in scope are revoked. Raises ``unavailable``."""
+        await call_peer(
+            self._keys.RevokeScopedApiKeys,
+            pods_pb2.RevokeScopedApiKeysRequest(
+                scope_type=pods_pb2.SCOPE_TYPE_INBOX
+                if scope_type == "inbox"
+                else pods_pb2.SCOPE_TYPE_MAILBOX,
+                resource_id=resource_id,
+            ),
+            deadline=self._deadline,
+        )
 
     async def get_account(self) -> AccountStanding:
         """Returns the caller's account's plan and state. Raises ``unavailable``."""

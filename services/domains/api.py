@@ -7,9 +7,9 @@ from google.protobuf import timestamp_pb2
 from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
 
 from services.chassis import auth
-from services.chassis.errors import invalid_argument
+from services.chassis.errors import MailplaneError, invalid_argument
 from services.domains.models import Domain
-from services.domains.service import DomainService
+from services.domains.service import DomainService, domain_not_found
 
 _STATUS_TO_PB = {
     "pending": domains_pb2.DOMAIN_STATUS_PENDING,
@@ -58,32 +58,74 @@ def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
     return message
 
 
+def _check_reach(domain: Domain, ref: str) -> None:
+    """Account-wide domains are visible to every pod key; a pod-scoped one only
+    to its pod's; inbox keys see none (issue 6). Out of reach is not found."""
+    principal = auth.current()
+    if principal.scope_type in ("account", "mailbox"):
+        return
+    if principal.scope_type == "inbox" or domain.pod_id not in (None, principal.pod_id):
+        raise domain_not_found(ref)
+
+
 class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
     """``mailplane.domains.v1.DomainService`` over ``DomainService``."""
 
     def __init__(self, service: DomainService):
         self._service = service
 
+    async def _writable(self, ref: str) -> str:
+        """The caller's account if its key may change domain ``ref``: account keys
+        any; pod keys their pod's (an account-wide one is read-only to them)."""
+        principal = auth.require_permission("write")
+        auth.require_scope("account", "pod")
+        domain = await self._service.get(principal.account_id or "", ref)
+        _check_reach(domain, ref)
+        if principal.scope_type == "pod" and domain.pod_id is None:
+            raise MailplaneError(
+                "permission_denied",
+                f"{domain.name} is account-wide: a pod-scoped key can read it, not change it.",
+            )
+        return principal.account_id or ""
+
     async def CreateDomain(
         self, request: domains_pb2.CreateDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.Domain:
-        account_id = auth.require_account()
+        principal = auth.require_permission("write")
+        auth.require_scope("account", "pod")
         pod = request.domain.pod_id if request.domain.HasField("pod_id") else None
-        return domain_to_pb(await self._service.create(account_id, request.domain.name, pod))
+        if principal.scope_type == "pod" and pod is None:
+            raise MailplaneError(
+                "permission_denied",
+                "A pod-scoped key adds only domains scoped to its pod; send its podId.",
+            )
+        return domain_to_pb(
+            await self._service.create(principal.account_id or "", request.domain.name, pod)
+        )
 
     async def GetDomain(
         self, request: domains_pb2.GetDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.Domain:
-        account_id = auth.require_account()
-        return domain_to_pb(await self._service.get(account_id, request.domain_id))
+        principal = auth.require_permission("read")
+        domain = await self._service.get(principal.account_id or "", request.domain_id)
+        if principal.scope_type != "mailbox":  # mailbox keys read domains to move addresses
+            _check_reach(domain, request.domain_id)
+        return domain_to_pb(domain)
 
     async def ListDomains(
         self, request: domains_pb2.ListDomainsRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.ListDomainsResponse:
-        account_id = auth.require_account()
+        principal = auth.require_permission("read")
+        if principal.scope_type in ("inbox", "mailbox"):
+            return domains_pb2.ListDomainsResponse()
         status = _STATUS_FROM_PB.get(request.status)
         domains, token = await self._service.list_domains(
-            account_id, request.pod_id or None, status, request.page_size, request.page_token
+            principal.account_id or "",
+            request.pod_id or None,
+            status,
+            request.page_size,
+            request.page_token,
+            usable_by_pod=principal.pod_id,
         )
         return domains_pb2.ListDomainsResponse(
             domains=[domain_to_pb(d) for d in domains], next_page_token=token
@@ -92,7 +134,8 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
     async def UpdateDomain(
         self, request: domains_pb2.UpdateDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.Domain:
-        account_id = auth.require_account()
+        auth.require_scope("account")
+        account_id = auth.require_permission("write").account_id or ""
         if list(request.update_mask.paths) != ["pod_id"]:
             raise invalid_argument(
                 "update_mask", "must be exactly `pod_id`: only the scope changes."
@@ -103,14 +146,14 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
     async def DeleteDomain(
         self, request: domains_pb2.DeleteDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.DeleteDomainResponse:
-        account_id = auth.require_account()
+        account_id = await self._writable(request.domain_id)
         domain_id = await self._service.delete(account_id, request.domain_id)
         return domains_pb2.DeleteDomainResponse(domain_id=domain_id)
 
     async def VerifyDomain(
         self, request: domains_pb2.VerifyDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.Domain:
-        account_id = auth.require_account()
+        account_id = await self._writable(request.domain_id)
         return domain_to_pb(await self._service.verify(account_id, request.domain_id))
 
     async def CountDomains(

@@ -171,7 +171,13 @@ class DomainService:
             return ref
 
     async def list_domains(
-        self, account_id: str, pod_ref: str | None, status: str | None, size: int, token: str
+        self,
+        account_id: str,
+        pod_ref: str | None,
+        status: str | None,
+        size: int,
+        token: str,
+        usable_by_pod: str | None = None,
     ) -> tuple[list[Domain], str]:
         """Returns a page of domains (optionally only those scoped to a pod, or with a
         status) and the next page's token.
@@ -182,13 +188,14 @@ class DomainService:
         if status is not None and status not in DOMAIN_STATUSES:
             raise invalid_argument("status", f"must be one of {', '.join(DOMAIN_STATUSES)}.")
         pod_id = (await self._pods.get_pod(pod_ref)).id if pod_ref else None
-        listing = f"domains:{pod_id or ''}:{status or ''}"
+        listing = f"domains:{pod_id or ''}:{status or ''}:{usable_by_pod or ''}"
         page = await self._store.list_domains(
             account_id,
             pod_id,
             status,
             pagination.decode(listing, token),
             pagination.page_size(size),
+            usable_by_pod,
         )
         next_token = pagination.encode(listing, page.next_key) if page.next_key else ""
         return page.items, next_token

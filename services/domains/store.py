@@ -36,6 +36,7 @@ WHERE account_id = $1 AND state <> 'pending'
   AND ($2::text IS NULL OR pod_id = $2)
   AND ($3::text IS NULL OR status = $3)
   AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::text))
+  AND ($7::text IS NULL OR pod_id IS NULL OR pod_id = $7)
 ORDER BY created_at, id
 LIMIT $6
 """
@@ -179,8 +180,10 @@ class DomainStore:
         status: str | None,
         after: list[object] | None,
         limit: int,
+        usable_by_pod: str | None = None,
     ) -> Page[Domain]:
-        """Returns up to ``limit`` domains after sort key ``after``, oldest first."""
+        """Returns up to ``limit`` domains after sort key ``after``, oldest first;
+        with ``usable_by_pod``, only account-wide ones and that pod's."""
         created_at, last_id = after if after else (None, None)
         rows = await self._pool.fetch(
             LIST_DOMAINS,
@@ -190,6 +193,7 @@ class DomainStore:
             datetime.fromisoformat(str(created_at)) if created_at else None,
             last_id,
             limit + 1,
+            usable_by_pod,
         )
         return page_of(
             [_domain(r) for r in rows], limit, lambda d: [d.created_at.isoformat(), d.id]

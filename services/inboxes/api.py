@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 from google.protobuf import timestamp_pb2
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
@@ -10,7 +12,10 @@ from services.chassis import auth
 from services.chassis.errors import invalid_argument
 from services.inboxes.credentials import MailServers
 from services.inboxes.models import Inbox
-from services.inboxes.service import InboxService
+from services.inboxes.service import InboxService, inbox_not_found
+
+#: Revokes the keys scoped to a deleted inbox (through the pods service).
+RevokeKeys = Callable[[str], Awaitable[None]]
 
 
 def inbox_to_pb(inbox: Inbox) -> inboxes_pb2.Inbox:
@@ -56,13 +61,22 @@ def credentials_to_pb(servers: MailServers, email: str, password: str) -> inboxe
 class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     """``mailplane.inboxes.v1.InboxService`` over ``InboxService``."""
 
-    def __init__(self, service: InboxService):
+    def __init__(self, service: InboxService, revoke_keys: RevokeKeys):
         self._service = service
+        self._revoke_keys = revoke_keys
+
+    async def _reachable(self, account_id: str, inbox_id: str) -> Inbox:
+        """The inbox if the caller's key reaches it, else ``inbox_not_found`` (issue 6)."""
+        inbox = await self._service.get(account_id, inbox_id)
+        if not auth.reaches(inbox.pod_id, "inbox", inbox.id):
+            raise inbox_not_found(inbox_id)
+        return inbox
 
     async def CreateInbox(
         self, request: inboxes_pb2.CreateInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.CreateInboxResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        auth.require_scope("account", "pod")  # a pod key's pod is enforced by the pods service
         wanted = request.inbox
         created = await self._service.create(
             account_id,
@@ -84,16 +98,24 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def GetInbox(
         self, request: inboxes_pb2.GetInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.Inbox:
-        account_id = auth.require_account()
-        return inbox_to_pb(await self._service.get(account_id, request.inbox_id))
+        account_id = auth.require_permission("read").account_id or ""
+        return inbox_to_pb(await self._reachable(account_id, request.inbox_id))
 
     async def ListInboxes(
         self, request: inboxes_pb2.ListInboxesRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.ListInboxesResponse:
-        account_id = auth.require_account()
+        principal = auth.require_permission("read")
+        account_id = principal.account_id or ""
+        if principal.scope_type in ("inbox", "mailbox"):  # only the key's own inbox
+            own = [
+                await self._service.get(account_id, inbox_id)
+                for inbox_id in principal.scope_ids
+                if principal.scope_type == "inbox"
+            ]
+            return inboxes_pb2.ListInboxesResponse(inboxes=[inbox_to_pb(i) for i in own])
         inboxes, token = await self._service.list_inboxes(
             account_id,
-            request.pod_id or None,
+            request.pod_id or principal.pod_id,
             request.domain or None,
             request.page_size,
             request.page_token,
@@ -105,7 +127,8 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def UpdateInbox(
         self, request: inboxes_pb2.UpdateInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.Inbox:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        await self._reachable(account_id, request.inbox_id)
         if list(request.update_mask.paths) != ["display_name"]:
             raise invalid_argument(
                 "update_mask", "must be exactly `display_name`: an inbox never changes pod."
@@ -118,7 +141,10 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def DeleteInbox(
         self, request: inboxes_pb2.DeleteInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.DeleteInboxResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        auth.require_scope("account", "pod")
+        await self._reachable(account_id, request.inbox_id)
+        await self._revoke_keys(request.inbox_id)  # first: a failure leaves the inbox
         inbox_id = await self._service.delete(account_id, request.inbox_id)
         return inboxes_pb2.DeleteInboxResponse(inbox_id=inbox_id)
 
@@ -127,7 +153,9 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
         request: inboxes_pb2.RotateInboxCredentialsRequest,
         context: grpc.aio.ServicerContext,
     ) -> inboxes_pb2.RotateInboxCredentialsResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        auth.require_scope("account", "pod")
+        await self._reachable(account_id, request.inbox_id)
         inbox, password = await self._service.rotate_credentials(account_id, request.inbox_id)
         return inboxes_pb2.RotateInboxCredentialsResponse(
             inbox=inbox_to_pb(inbox),

@@ -31,9 +31,14 @@ async def build(settings: Settings) -> InboxesProcess:
     pods_channel = open_channel(settings.pods_addr)
     domains_channel = open_channel(settings.domains_addr)
     deadline = settings.peer_deadline_seconds
+    pods = PodsClient(pods_channel, deadline)
+
+    async def revoke_keys(inbox_id: str) -> None:
+        await pods.revoke_scoped_keys("inbox", inbox_id)
+
     service = InboxService(
         InboxStore(pool),
-        PodsClient(pods_channel, deadline),
+        pods,
         DomainsClient(domains_channel, deadline),
         InboxSettings(
             shared_domain=settings.shared_domain,
@@ -54,7 +59,7 @@ async def build(settings: Settings) -> InboxesProcess:
         pods_channel,
         Servicer(
             inboxes_pb2_grpc.add_InboxServiceServicer_to_server,
-            InboxServicer(service),
+            InboxServicer(service, revoke_keys),
             SERVICE_NAME,
         ),
         sweep,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,9 +11,15 @@ from google.protobuf import timestamp_pb2
 from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
 
 from services.chassis import auth
-from services.chassis.errors import invalid_argument
+from services.chassis.errors import MailplaneError, invalid_argument
+from services.chassis.logs import get_logger
 from services.mailboxes.models import CONFIG_KEYS, MATCH_KEYS, Folder, Mailbox, Rule
-from services.mailboxes.service import MailboxService
+from services.mailboxes.service import MailboxService, mailbox_not_found
+
+_log = get_logger("mailplane.mailboxes")
+
+#: Drops a deleted mailbox from key scopes (through the pods service).
+RevokeKeys = Callable[[str], Awaitable[None]]
 
 _STATUS_TO_PB = {
     "provisioning": mailboxes_pb2.MAILBOX_STATUS_PROVISIONING,
@@ -122,13 +129,22 @@ def _mailbox_changes(request: mailboxes_pb2.UpdateMailboxRequest) -> dict[str, A
 class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     """``mailplane.mailboxes.v1.MailboxService`` over ``MailboxService``."""
 
-    def __init__(self, service: MailboxService):
+    def __init__(self, service: MailboxService, revoke_keys: RevokeKeys):
         self._service = service
+        self._revoke_keys = revoke_keys
+
+    async def _reachable(self, account_id: str, mailbox_id: str) -> Mailbox:
+        """The mailbox if the caller's key reaches it, else ``mailbox_not_found``."""
+        mailbox = await self._service.get(account_id, mailbox_id)
+        if not auth.reaches(mailbox.pod_id, "mailbox", mailbox.id):
+            raise mailbox_not_found(mailbox_id)
+        return mailbox
 
     async def CreateMailbox(
         self, request: mailboxes_pb2.CreateMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        auth.require_scope("account", "pod")  # a pod key's pod is enforced by the pods service
         wanted = request.mailbox
         created = await self._service.create(
             account_id,
@@ -143,15 +159,24 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def GetMailbox(
         self, request: mailboxes_pb2.GetMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("read").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         return mailbox_to_pb(await self._service.get(account_id, request.mailbox_id))
 
     async def ListMailboxes(
         self, request: mailboxes_pb2.ListMailboxesRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.ListMailboxesResponse:
-        account_id = auth.require_account()
+        principal = auth.require_permission("read")
+        account_id = principal.account_id or ""
+        if principal.scope_type in ("inbox", "mailbox"):  # only the key's own mailboxes
+            own = []
+            if principal.scope_type == "mailbox":
+                for mailbox_id in principal.scope_ids:
+                    found = await self._service.find(account_id, mailbox_id)
+                    own += [found] if found else []
+            return mailboxes_pb2.ListMailboxesResponse(mailboxes=[mailbox_to_pb(m) for m in own])
         mailboxes, token = await self._service.list_mailboxes(
-            account_id, request.pod_id or None, request.page_size, request.page_token
+            account_id, request.pod_id or principal.pod_id, request.page_size, request.page_token
         )
         return mailboxes_pb2.ListMailboxesResponse(
             mailboxes=[mailbox_to_pb(m) for m in mailboxes], next_page_token=token
@@ -160,21 +185,30 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def UpdateMailbox(
         self, request: mailboxes_pb2.UpdateMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         changes = _mailbox_changes(request)
         return mailbox_to_pb(await self._service.update(account_id, request.mailbox_id, changes))
 
     async def DeleteMailbox(
         self, request: mailboxes_pb2.DeleteMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.DeleteMailboxResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("admin").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         deleted = await self._service.delete(account_id, request.mailbox_id)
+        try:  # keys scoped to it lose it; empty ones go. A key left pointing at a
+            # deleted mailbox reaches nothing, so a pods outage here is only logged.
+            await self._revoke_keys(deleted)
+        except MailplaneError as error:
+            _log.warning("mailbox_key_scopes_not_updated", mailbox_id=deleted, code=error.code)
         return mailboxes_pb2.DeleteMailboxResponse(mailbox_id=deleted)
 
     async def CloneMailbox(
         self, request: mailboxes_pb2.CloneMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("admin").account_id or ""
+        auth.require_scope("account", "pod")  # a clone lies outside a mailbox key's scope
+        await self._reachable(account_id, request.mailbox_id)
         clone = await self._service.clone(
             account_id,
             request.mailbox_id,
@@ -186,7 +220,8 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CreateFolder(
         self, request: mailboxes_pb2.CreateFolderRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Folder:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         folder = await self._service.create_folder(
             account_id, request.mailbox_id, request.folder.name
         )
@@ -195,14 +230,16 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def ListFolders(
         self, request: mailboxes_pb2.ListFoldersRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.ListFoldersResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("read").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         folders = await self._service.list_folders(account_id, request.mailbox_id)
         return mailboxes_pb2.ListFoldersResponse(folders=[folder_to_pb(f) for f in folders])
 
     async def DeleteFolder(
         self, request: mailboxes_pb2.DeleteFolderRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.DeleteFolderResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         deleted = await self._service.delete_folder(
             account_id, request.mailbox_id, request.folder_id
         )
@@ -211,7 +248,8 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CreateRule(
         self, request: mailboxes_pb2.CreateRuleRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Rule:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         wanted = request.rule
         action_type, folder_id = _action_of(wanted.action)
         rule = Rule(
@@ -229,14 +267,16 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def ListRules(
         self, request: mailboxes_pb2.ListRulesRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.ListRulesResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("read").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         rules = await self._service.list_rules(account_id, request.mailbox_id)
         return mailboxes_pb2.ListRulesResponse(rules=[rule_to_pb(r) for r in rules])
 
     async def UpdateRule(
         self, request: mailboxes_pb2.UpdateRuleRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Rule:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         wanted = request.rule
         changes: dict[str, Any] = {}
         for path in request.update_mask.paths:
@@ -258,7 +298,8 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def DeleteRule(
         self, request: mailboxes_pb2.DeleteRuleRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.DeleteRuleResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_permission("write").account_id or ""
+        await self._reachable(account_id, request.mailbox_id)
         deleted = await self._service.delete_rule(account_id, request.mailbox_id, request.rule_id)
         return mailboxes_pb2.DeleteRuleResponse(rule_id=deleted)
 

@@ -30,9 +30,14 @@ async def build(settings: Settings) -> MailboxesProcess:
     pods_channel = open_channel(settings.pods_addr)
     domains_channel = open_channel(settings.domains_addr)
     deadline = settings.peer_deadline_seconds
+    pods = PodsClient(pods_channel, deadline)
+
+    async def revoke_keys(mailbox_id: str) -> None:
+        await pods.revoke_scoped_keys("mailbox", mailbox_id)
+
     service = MailboxService(
         MailboxStore(pool),
-        PodsClient(pods_channel, deadline),
+        pods,
         DomainsClient(domains_channel, deadline),
         settings.shared_domain,
     )
@@ -47,7 +52,7 @@ async def build(settings: Settings) -> MailboxesProcess:
         pods_channel,
         Servicer(
             mailboxes_pb2_grpc.add_MailboxServiceServicer_to_server,
-            MailboxServicer(service),
+            MailboxServicer(service, revoke_keys),
             SERVICE_NAME,
         ),
         sweep,

@@ -194,6 +194,10 @@ class MailboxService:
         found = await self._domains.usable_by(domain, pod_id, verified=verified)
         return Placement(f"{local}@{found.name}", found.name, False, found.can_receive)
 
+    async def find(self, account_id: str, mailbox_id: str) -> Mailbox | None:
+        """Returns a mailbox, or ``None`` (deleted or unknown)."""
+        return await self._store.get(account_id, mailbox_id) if mailbox_id else None
+
     async def get(self, account_id: str, mailbox_id: str) -> Mailbox:
         """Returns a mailbox (never a deleted one). Raises ``mailbox_not_found``."""
         mailbox = await self._store.get(account_id, mailbox_id) if mailbox_id else None

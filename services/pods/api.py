@@ -15,7 +15,7 @@ from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 from services.chassis import auth
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.pods.models import Account, ApiKey, Pod
-from services.pods.service import PodService
+from services.pods.service import PodService, pod_not_found
 
 _PLAN_TO_PB = {
     "trial": pods_pb2.PLAN_TRIAL,
@@ -107,7 +107,7 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def CreatePod(
         self, request: pods_pb2.CreatePodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Pod:
-        account_id = auth.require_account()
+        account_id = _pod_admin()
         pod = await self._service.create_pod(
             account_id, _optional(request.pod, "client_id"), _optional(request.pod, "name")
         )
@@ -116,13 +116,21 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def GetPod(
         self, request: pods_pb2.GetPodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Pod:
-        account_id = auth.require_account()
-        return pod_to_pb(await self._service.get_pod(account_id, request.pod_id))
+        account_id = auth.require_permission("read").account_id or ""
+        pod = await self._service.get_pod(account_id, request.pod_id)
+        if not auth.reaches(pod.id):
+            raise pod_not_found(request.pod_id)
+        return pod_to_pb(pod)
 
     async def ListPods(
         self, request: pods_pb2.ListPodsRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.ListPodsResponse:
-        account_id = auth.require_account()
+        principal = auth.require_permission("read")
+        account_id = principal.account_id or ""
+        if principal.scope_type != "account":  # a pod key sees its pod; others none
+            own = principal.pod_id
+            pods = [await self._service.get_pod(account_id, own)] if own else []
+            return pods_pb2.ListPodsResponse(pods=[pod_to_pb(p) for p in pods])
         pods, token = await self._service.list_pods(
             account_id, request.page_size, request.page_token
         )
@@ -131,7 +139,7 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def UpdatePod(
         self, request: pods_pb2.UpdatePodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Pod:
-        account_id = auth.require_account()
+        account_id = _pod_admin()
         paths = list(request.update_mask.paths)
         unknown = [p for p in paths if p not in _POD_UPDATABLE]
         if unknown:
@@ -146,7 +154,7 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def DeletePod(
         self, request: pods_pb2.DeletePodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.DeletePodResponse:
-        account_id = auth.require_account()
+        account_id = _pod_admin()
         pod_id = await self._service.delete_pod(account_id, request.pod_id)
         return pods_pb2.DeletePodResponse(pod_id=pod_id)
 
@@ -264,6 +272,12 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
             account_id, _SCOPE_FROM_PB.get(request.scope_type, ""), request.resource_id
         )
         return pods_pb2.RevokeScopedApiKeysResponse(revoked=revoked)
+
+
+def _pod_admin() -> str:
+    """Only account-wide keys with ``write`` create, change or delete pods (issue 6)."""
+    auth.require_scope("account")
+    return auth.require_permission("write").account_id or ""
 
 
 def _key_admin() -> str:
