@@ -91,7 +91,9 @@ class CreateApiKeyBody(RequestBody):
     permissions: list[Permission] | None = Field(
         None, min_length=1, description="Default `read` and `write`."
     )
-    expires_at: datetime | None = Field(None, description="RFC 3339; must be in the future.")
+    expires_at: datetime | None = Field(
+        None, strict=False, description="RFC 3339; must be in the future."
+    )
 
 
 def _key_of(message: pods_pb2.ApiKey) -> dict[str, object]:

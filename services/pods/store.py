@@ -84,10 +84,10 @@ RETURNING {_KEY_COLUMNS}
 LOCK_KEYS = "SELECT pg_advisory_xact_lock(hashtext('api_keys:' || $1))"
 #: Live keys whose scope holds any of the IDs (the 20-per-scope limit, issue 6).
 COUNT_SCOPED_KEYS = """
-SELECT id, count(*) FROM api_keys, unnest(scope_ids) AS id
-WHERE account_id = $1 AND scope_ids && $2::text[]
-  AND (expires_at IS NULL OR expires_at > now()) AND id = ANY($2::text[])
-GROUP BY id
+SELECT scoped.id, count(*) FROM api_keys k, unnest(k.scope_ids) AS scoped(id)
+WHERE k.account_id = $1 AND k.scope_ids && $2::text[]
+  AND (k.expires_at IS NULL OR k.expires_at > now()) AND scoped.id = ANY($2::text[])
+GROUP BY scoped.id
 """
 LIST_API_KEYS = f"""
 SELECT {_KEY_COLUMNS} FROM api_keys
@@ -103,14 +103,17 @@ WHERE secret_sha256 = $1 AND (expires_at IS NULL OR expires_at > now())
 TOUCH_API_KEYS = "UPDATE api_keys SET last_used_at = $2 WHERE id = ANY($1::text[])"
 #: Drops a deleted inbox or mailbox from key scopes; keys left empty are deleted.
 UNSCOPE_API_KEYS = """
-WITH changed AS (
+WITH gone AS (
+    DELETE FROM api_keys
+    WHERE account_id = $1 AND scope_type = $2 AND scope_ids = ARRAY[$3]::text[]
+    RETURNING id
+), narrowed AS (
     UPDATE api_keys SET scope_ids = array_remove(scope_ids, $3)
-    WHERE account_id = $1 AND scope_type = $2 AND scope_ids @> ARRAY[$3]
-    RETURNING id, scope_ids
+    WHERE account_id = $1 AND scope_type = $2 AND scope_ids @> ARRAY[$3]::text[]
+      AND cardinality(scope_ids) > 1
+    RETURNING id
 )
-DELETE FROM api_keys k USING changed c
-WHERE k.id = c.id AND cardinality(c.scope_ids) = 0
-RETURNING k.id
+SELECT id FROM gone
 """
 
 
