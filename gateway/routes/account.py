@@ -116,7 +116,10 @@ def _key_of(message: pods_pb2.ApiKey) -> dict[str, object]:
 
 
 @router.get(
-    "/v1/account", response_model=Account, responses=documented(), summary="Get the account"
+    "/v1/account",
+    response_model=Account,
+    responses=documented("permission_denied"),
+    summary="Get the account",
 )
 async def get_account(call: CallerCall) -> Account:
     """Returns the caller's account: its plan and state."""

@@ -638,7 +638,7 @@ async def delete_rule(
 @router.get(
     "/v1/billing/status",
     response_model=BillingStatus,
-    responses=documented(),
+    responses=documented("permission_denied"),
     tags=["account"],
     summary="Plan, state and usage",
 )

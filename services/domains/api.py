@@ -159,6 +159,6 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
     async def CountDomains(
         self, request: domains_pb2.CountDomainsRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.CountDomainsResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_scope("account", "pod").account_id or ""
         count = await self._service.count_domains(account_id, request.pod_id or None)
         return domains_pb2.CountDomainsResponse(domains=count)

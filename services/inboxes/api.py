@@ -165,7 +165,7 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def CountInboxes(
         self, request: inboxes_pb2.CountInboxesRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.CountInboxesResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_scope("account", "pod").account_id or ""
         count = await self._service.count(
             account_id,
             request.pod_id or None,

@@ -306,7 +306,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CountMailboxes(
         self, request: mailboxes_pb2.CountMailboxesRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.CountMailboxesResponse:
-        account_id = auth.require_account()
+        account_id = auth.require_scope("account", "pod").account_id or ""
         count = await self._service.count(
             account_id,
             request.pod_id or None,

@@ -181,8 +181,8 @@ class AccountServicer(pods_pb2_grpc.AccountServiceServicer):
         principal = auth.current_principal()
         if principal is not None and principal.operator and request.account_id:
             account_id = request.account_id
-        else:
-            account_id = auth.require_account()
+        else:  # inbox and mailbox keys reach their resource, not the account (issue 6)
+            account_id = auth.require_scope("account", "pod").account_id or ""
             if request.account_id and request.account_id != account_id:
                 raise MailplaneError(
                     "account_not_found", f"No account {request.account_id!r} for this key."

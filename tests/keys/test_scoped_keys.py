@@ -155,6 +155,8 @@ async def test_an_inbox_key_reaches_only_its_inbox(
     assert (await http.get("/v1/pods", headers=key)).json()["pods"] == []
     assert (await http.get("/v1/agent/mailboxes", headers=key)).json()["mailboxes"] == []
     assert (await http.get("/v1/domains", headers=key)).json()["domains"] == []
+    assert_error(await http.get("/v1/account", headers=key), 403, "permission_denied")
+    assert_error(await http.get("/v1/billing/status", headers=key), 403, "permission_denied")
 
 
 async def test_a_mailbox_key_reaches_only_its_mailboxes_and_their_folders_and_rules(
