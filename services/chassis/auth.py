@@ -134,8 +134,8 @@ def require_scope(*scope_types: str) -> Principal:
     if principal.scope_type not in scope_types:
         raise MailplaneError(
             "permission_denied",
-            f"A {principal.scope_type}-scoped API key cannot do this; use a "
-            f"{' or '.join(scope_types)} key.",
+            f"A {principal.scope_type}-scoped API key cannot do this; it needs a key "
+            f"scoped to the {' or a '.join(scope_types)}.",
             {"scope": principal.scope_type},
         )
     return principal
