@@ -235,6 +235,11 @@ def mailbox_of(message: mailboxes_pb2.Mailbox) -> Mailbox:
     )
 
 
+def folder_of(message: mailboxes_pb2.Folder) -> Folder:
+    """Converts a folder message to its REST shape."""
+    return Folder(id=message.id, name=message.name, created_at=time_of(message.create_time))
+
+
 def _config_pb(body: ConfigBody) -> tuple[mailboxes_pb2.MailboxConfig, list[str]]:
     """The config message and the keys the body sent (null ones included)."""
     sent = [k for k in _CONFIG_KEYS if k in body.model_fields_set]
@@ -493,12 +498,7 @@ async def list_folders(call: CallerCall, mailbox: str = MailboxRef) -> FolderLis
         metadata=call.metadata,
         timeout=call.timeout,
     )
-    return FolderList(
-        folders=[
-            Folder(id=f.id, name=f.name, created_at=time_of(f.create_time))
-            for f in response.folders
-        ]
-    )
+    return FolderList(folders=[folder_of(f) for f in response.folders])
 
 
 @router.post(
@@ -517,7 +517,7 @@ async def create_folder(call: CallerCall, body: FolderBody, mailbox: str = Mailb
         metadata=call.metadata,
         timeout=call.timeout,
     )
-    return Folder(id=folder.id, name=folder.name, created_at=time_of(folder.create_time))
+    return folder_of(folder)
 
 
 @router.delete(

@@ -45,3 +45,8 @@ def check_local_part(raw: str, field: str) -> str:
 def is_reserved(local: str) -> bool:
     """Whether ``local`` is a reserved role name."""
     return local in RESERVED
+
+
+def domain_key(name: str) -> str:
+    """A domain name as stored and compared: stripped, no trailing dot, lower case."""
+    return name.strip().rstrip(".").lower()

@@ -76,12 +76,15 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
 
     async def _writable(self, ref: str) -> str:
         """The caller's account if its key may change domain ``ref``: account keys
-        any; pod keys their pod's (an account-wide one is read-only to them)."""
+        any (the service answers not found itself, so no lookup here); pod keys
+        their pod's (an account-wide one is read-only to them)."""
         principal = auth.require_permission("write")
         auth.require_scope("account", "pod")
+        if principal.scope_type == "account":
+            return principal.account_id or ""
         domain = await self._service.get(principal.account_id or "", ref)
         _check_reach(domain, ref)
-        if principal.scope_type == "pod" and domain.pod_id is None:
+        if domain.pod_id is None:
             raise MailplaneError(
                 "permission_denied",
                 f"{domain.name} is account-wide: a pod-scoped key can read it, not change it.",

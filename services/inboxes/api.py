@@ -58,6 +58,13 @@ def credentials_to_pb(servers: MailServers, email: str, password: str) -> inboxe
     )
 
 
+def _check_reach(inbox: Inbox) -> Inbox:
+    """``inbox`` if the caller's key reaches it, else ``inbox_not_found`` (issue 6)."""
+    if not auth.reaches(inbox.pod_id, "inbox", inbox.id):
+        raise inbox_not_found(inbox.id)
+    return inbox
+
+
 class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     """``mailplane.inboxes.v1.InboxService`` over ``InboxService``."""
 
@@ -65,12 +72,12 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
         self._service = service
         self._revoke_keys = revoke_keys
 
-    async def _reachable(self, account_id: str, inbox_id: str) -> Inbox:
-        """The inbox if the caller's key reaches it, else ``inbox_not_found`` (issue 6)."""
-        inbox = await self._service.get(account_id, inbox_id)
-        if not auth.reaches(inbox.pod_id, "inbox", inbox.id):
-            raise inbox_not_found(inbox_id)
-        return inbox
+    async def _reachable(self, account_id: str, inbox_id: str) -> None:
+        """Raises ``inbox_not_found`` unless the caller's key reaches the inbox.
+        Account keys reach all of their account's (and the service answers not found
+        for the rest), so only scoped keys pay this lookup."""
+        if auth.current().scope_type != "account":
+            _check_reach(await self._service.get(account_id, inbox_id))
 
     async def CreateInbox(
         self, request: inboxes_pb2.CreateInboxRequest, context: grpc.aio.ServicerContext
@@ -99,7 +106,7 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
         self, request: inboxes_pb2.GetInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.Inbox:
         account_id = auth.require_permission("read").account_id or ""
-        return inbox_to_pb(await self._reachable(account_id, request.inbox_id))
+        return inbox_to_pb(_check_reach(await self._service.get(account_id, request.inbox_id)))
 
     async def ListInboxes(
         self, request: inboxes_pb2.ListInboxesRequest, context: grpc.aio.ServicerContext

@@ -20,6 +20,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from services.chassis import ids, pagination
+from services.chassis.addresses import domain_key
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
 from services.chassis.peers import AccountStanding, DomainsClient, PodRef, PodsClient
@@ -149,7 +150,7 @@ class InboxService:
     def _custom_domain(self, domain: str | None) -> str | None:
         if domain is None:
             return None
-        name = domain.strip().rstrip(".").lower()
+        name = domain_key(domain)
         if not name:
             raise invalid_argument("domain", "is empty; omit it for the shared domain.")
         return None if name == self._config.shared_domain else name
@@ -255,7 +256,7 @@ class InboxService:
             MailplaneError: ``invalid_argument`` (page), ``pod_not_found``.
         """
         pod_id = (await self._pods.get_pod(pod_ref)).id if pod_ref else None
-        domain_name = domain.strip().rstrip(".").lower() if domain else None
+        domain_name = domain_key(domain) if domain else None
         listing = f"inboxes:{pod_id or ''}:{domain_name or ''}"
         page = await self._store.list_inboxes(
             account_id,
@@ -326,7 +327,7 @@ class InboxService:
         self, account_id: str, pod_id: str | None, domain: str | None, outside_pod_id: str | None
     ) -> int:
         """Counts inboxes (pending ones included) for DESIGN §3's parent side."""
-        name = domain.strip().rstrip(".").lower() if domain else None
+        name = domain_key(domain) if domain else None
         return await self._store.count(account_id, pod_id, name, outside_pod_id)
 
     async def sweep(self, older_than_seconds: float) -> None:

@@ -126,6 +126,13 @@ def _mailbox_changes(request: mailboxes_pb2.UpdateMailboxRequest) -> dict[str, A
     return changes
 
 
+def _check_reach(mailbox: Mailbox) -> Mailbox:
+    """``mailbox`` if the caller's key reaches it, else ``mailbox_not_found`` (issue 6)."""
+    if not auth.reaches(mailbox.pod_id, "mailbox", mailbox.id):
+        raise mailbox_not_found(mailbox.id)
+    return mailbox
+
+
 class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     """``mailplane.mailboxes.v1.MailboxService`` over ``MailboxService``."""
 
@@ -133,12 +140,12 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
         self._service = service
         self._revoke_keys = revoke_keys
 
-    async def _reachable(self, account_id: str, mailbox_id: str) -> Mailbox:
-        """The mailbox if the caller's key reaches it, else ``mailbox_not_found``."""
-        mailbox = await self._service.get(account_id, mailbox_id)
-        if not auth.reaches(mailbox.pod_id, "mailbox", mailbox.id):
-            raise mailbox_not_found(mailbox_id)
-        return mailbox
+    async def _reachable(self, account_id: str, mailbox_id: str) -> None:
+        """Raises ``mailbox_not_found`` unless the caller's key reaches the mailbox.
+        Account keys reach all of their account's (and the service answers not found
+        for the rest), so only scoped keys pay this lookup."""
+        if auth.current().scope_type != "account":
+            _check_reach(await self._service.get(account_id, mailbox_id))
 
     async def CreateMailbox(
         self, request: mailboxes_pb2.CreateMailboxRequest, context: grpc.aio.ServicerContext
@@ -160,8 +167,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
         self, request: mailboxes_pb2.GetMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
         account_id = auth.require_permission("read").account_id or ""
-        await self._reachable(account_id, request.mailbox_id)
-        return mailbox_to_pb(await self._service.get(account_id, request.mailbox_id))
+        return mailbox_to_pb(_check_reach(await self._service.get(account_id, request.mailbox_id)))
 
     async def ListMailboxes(
         self, request: mailboxes_pb2.ListMailboxesRequest, context: grpc.aio.ServicerContext

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from services.chassis import ids, pagination
-from services.chassis.addresses import check_local_part
+from services.chassis.addresses import check_local_part, domain_key
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
 from services.chassis.peers import DomainsClient, PodRef, PodsClient
@@ -38,6 +38,7 @@ from services.mailboxes.store import MailboxStore
 
 _log = get_logger("mailplane.mailboxes")
 MAX_TEXT = 255
+MAX_FOLDER_NAME = 100
 MAX_LONG_TEXT = 5000
 MAX_RATE_LIMIT = 1_000_000
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -188,7 +189,7 @@ class MailboxService:
         if not at or not domain:
             raise invalid_argument("address", "must be an email address, local@domain.")
         local = check_local_part(local, "address")
-        domain = domain.strip().rstrip(".").lower()
+        domain = domain_key(domain)
         if domain == self._shared_domain:
             return Placement(f"{local}@{domain}", domain, True, True)
         found = await self._domains.usable_by(domain, pod_id, verified=verified)
@@ -358,16 +359,14 @@ class MailboxService:
         self, account_id: str, pod_id: str | None, domain: str | None, outside_pod_id: str | None
     ) -> int:
         """Counts mailboxes not deleted (pending included) for DESIGN §3's parent side."""
-        name = domain.strip().rstrip(".").lower() if domain else None
+        name = domain_key(domain) if domain else None
         return await self._store.count(account_id, pod_id, name, outside_pod_id)
 
     async def set_reception(self, account_id: str, domain: str, can_receive: bool) -> int:
         """Moves the status of the mailboxes on a custom domain after its
         verification: provisioning/error → active when it can receive, active →
         error when it cannot. Returns how many changed."""
-        changed = await self._store.set_reception(
-            account_id, domain.strip().rstrip(".").lower(), can_receive
-        )
+        changed = await self._store.set_reception(account_id, domain_key(domain), can_receive)
         if changed:
             _log.info("mailbox_reception_changed", domain=domain, can_receive=can_receive)
         return changed
@@ -383,9 +382,9 @@ class MailboxService:
     async def create_folder(self, account_id: str, mailbox_id: str, name: str) -> Folder:
         """Creates a folder. Raises ``invalid_argument``, ``mailbox_not_found``,
         ``folder_exists``."""
-        clean = (_check_text("name", name) or "")[:100]
-        if not clean or len(name.strip()) > 100:
-            raise invalid_argument("name", "is required, at most 100 characters.")
+        clean = _check_text("name", name, MAX_FOLDER_NAME)
+        if not clean:
+            raise invalid_argument("name", "is required.")
         folder = await self._store.create_folder(account_id, mailbox_id, ids.new_id("fld"), clean)
         if folder is None:
             raise mailbox_not_found(mailbox_id)
