@@ -16,6 +16,8 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
+#: Every proto with its comments, as a FileDescriptorSet, beside the sources.
+DESCRIPTOR_SET = "mailplane/descriptors.binpb"
 
 
 def main() -> int:
@@ -29,6 +31,10 @@ def main() -> int:
         f"--python_out={PROTO_ROOT}",
         f"--pyi_out={PROTO_ROOT}",
         f"--grpc_python_out={PROTO_ROOT}",
+        # The comments, for the gateway's OpenAPI descriptions (gateway.codec.comments).
+        f"--descriptor_set_out={PROTO_ROOT / DESCRIPTOR_SET}",
+        "--include_source_info",
+        "--include_imports",
         *sources,
     ]
     return protoc.main(args)

@@ -1,35 +1,48 @@
-"""The REST gateway: one FastAPI app over one gRPC channel per service.
+"""The REST gateway: the operation table mounted over one gRPC channel per service.
 
-Channels and stubs are made once, in the lifespan; each request forwards the
-caller's key as metadata and makes one call. ``/healthz`` says the process is up;
-``/readyz`` asks every service's ``grpc.health.v1.Health``; ``/openapi.json`` and
-``/docs`` are FastAPI's.
+Channels and each operation's multicallable are made once, in the lifespan; each
+request forwards the caller's key as metadata and makes one call (billing
+status, which the gateway composes, makes four). ``/healthz`` says the process is
+up; ``/readyz`` asks every service's ``grpc.health.v1.Health``; ``/openapi.json``
+is built from the same table and the proto descriptors; ``/docs`` is FastAPI's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.responses import JSONResponse
 
-from gateway import errors
-from gateway.deps import Stubs
-from gateway.routes import account, domains, inboxes, mailboxes, pods
+from gateway import codec, errors
+from gateway.caller import SECURITY, SECURITY_SCHEMES
+from gateway.front import Front
+from gateway.operations import Operation, endpoint, multicallable
+from gateway.routes import account, billing, domains, inboxes, mailboxes, pods
 from services.chassis.config import Settings
-from services.chassis.logs import get_logger
+from services.chassis.errors import CATALOG, Code
 from services.chassis.rpc import open_channel
 
-_log = get_logger("mailplane.gateway")
-
-#: The services the gateway composes, by name; each later service adds itself.
+#: Every REST operation but the composed billing status, in the docs' order.
+OPERATIONS: tuple[Operation, ...] = (
+    *account.OPERATIONS,
+    *pods.OPERATIONS,
+    *inboxes.OPERATIONS,
+    *domains.OPERATIONS,
+    *mailboxes.OPERATIONS,
+)
+#: The services the gateway composes: the settings' ``<name>_addr`` of each.
 SERVICES = ("pods", "inboxes", "domains", "mailboxes")
+#: Which service serves each proto package.
+_SERVICE_OF_PACKAGE = {f"mailplane.{name}.v1": name for name in SERVICES}
+_DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "protos/mailplane/descriptors.binpb"
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -39,7 +52,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         channels = {name: open_channel(getattr(settings, f"{name}_addr")) for name in SERVICES}
         app.state.channels = channels
-        app.state.stubs = Stubs.over(channels)
+        app.state.calls = {
+            op.operation_id: multicallable(channels[_service_of(op)], op.rpc) for op in OPERATIONS
+        }
+        app.state.billing = billing.calls(channels)
         try:
             yield
         finally:
@@ -51,41 +67,20 @@ def create_app(settings: Settings) -> FastAPI:
         version="1.0.0",
         summary="Pods, domains, inboxes and mailboxes for AI-agent email.",
         lifespan=lifespan,
-        # Bodies are JSON whatever their Content-Type says (curl -d sends a form type).
-        strict_content_type=False,
     )
     app.state.settings = settings
     errors.install(app)
-    app.include_router(account.router)
-    app.include_router(pods.router)
-    app.include_router(inboxes.router)
-    app.include_router(domains.router)
-    app.include_router(mailboxes.router)
+    for op in OPERATIONS:
+        app.add_route(op.path, endpoint(op), methods=[op.method], name=op.operation_id)
+    app.add_route(billing.PATH, billing.billing_status, methods=["GET"], name=billing.OPERATION_ID)
+    app.add_middleware(Front)
 
-    @app.middleware("http")
-    async def canonical_line(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["x-request-id"] = request.state.request_id
-        _log.info(
-            "http",
-            method=request.method,
-            path=request.url.path,
-            status=response.status_code,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            request_id=request.state.request_id,
-        )
-        return response
-
-    @app.get("/healthz", tags=["health"], summary="Process is up")
+    @app.get("/healthz", tags=["health"], summary="Process is up", operation_id="healthz")
     async def healthz() -> dict[str, str]:
         """Answers 200 while the gateway process runs."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Every service is SERVING")
+    @app.get("/readyz", tags=["health"], summary="Every service is SERVING", operation_id="readyz")
     async def readyz(request: Request) -> JSONResponse:
         """Answers 200 when every service reports SERVING, else 503 with each status."""
         channels: dict[str, grpc.aio.Channel] = request.app.state.channels
@@ -107,4 +102,215 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _service_of(op: Operation) -> str:
+    return _SERVICE_OF_PACKAGE[op.rpc.containing_service.file.package]
+
+
+# The OpenAPI document ------------------------------------------------------------
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The whole contract, OpenAPI 3.1: FastAPI's own routes (health) plus every
+    operation of the table, typed from the proto descriptors."""
+    if _DESCRIPTOR_SET.exists():
+        codec.load_comments(_DESCRIPTOR_SET.read_bytes())
+    document = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    components: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorBody"] = errors.ERROR_BODY_SCHEMA
+    document["components"]["securitySchemes"] = SECURITY_SCHEMES
+    paths = document.setdefault("paths", {})
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation_document(op, components)
+    billing_response = codec.schema_ref(billing.RESPONSE, components, request=False)
+    paths[billing.PATH] = {
+        "get": _document(
+            operation_id=billing.OPERATION_ID,
+            summary=billing.SUMMARY,
+            description=codec.comment_of(billing.RESPONSE.full_name),
+            tag="account",
+            parameters=[],
+            status=200,
+            response=billing_response,
+            example=billing.EXAMPLE,
+            errors=billing.ERRORS,
+        )
+    }
+    return document
+
+
+def _operation_document(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    request_type = op.rpc.input_type
+    parameters = [
+        {
+            "name": variable,
+            "in": "path",
+            "required": True,
+            "schema": codec.field_schema(request_type, name),
+            "description": codec.comment_of(f"{request_type.full_name}.{name}"),
+        }
+        for variable, name in op.path_fields.items()
+    ]
+    for parameter, name in op.query_fields.items():
+        parameters.append(
+            {
+                "name": parameter,
+                "in": "query",
+                "required": False,
+                "schema": codec.field_schema(request_type, name),
+                "description": codec.comment_of(f"{request_type.full_name}.{name}"),
+            }
+        )
+        parameters += [
+            {
+                "name": alias,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": f"Another name for `{parameter}`.",
+            }
+            for alias, meant in op.aliases.items()
+            if meant == parameter
+        ]
+    if op.paged:
+        parameters += [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                "description": "Page size, 1-100.",
+            },
+            {
+                "name": "pageToken",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "`nextPageToken` of the previous page.",
+            },
+        ]
+    if op.deleted:
+        response: dict[str, Any] = {"$ref": "#/components/schemas/Deleted"}
+        components["Deleted"] = DELETED_SCHEMA
+    else:
+        response = codec.schema_ref(op.rpc.output_type, components, request=False)
+        if op.lift is not None:
+            response = _lifted_schema(op, components)
+    document = _document(
+        operation_id=op.operation_id,
+        summary=op.summary,
+        description=codec.comment_of(f"{op.rpc.containing_service.full_name}.{op.rpc.name}"),
+        tag=op.tag,
+        parameters=parameters,
+        status=op.status if op.status_of is None else 201,
+        response=response,
+        example=op.example,
+        errors=op.errors,
+    )
+    if op.status_of is not None:
+        document["responses"]["200"] = {
+            "description": "The resource already existed (an idempotent retry).",
+            "content": {"application/json": {"schema": response}},
+        }
+    body = op.body_descriptor
+    if body is not None:
+        schema = codec.schema_ref(body, components, request=True)
+        document["requestBody"] = {
+            "required": op.body_required,
+            "content": {"application/json": {"schema": schema}},
+        }
+    return document
+
+
+def _lifted_schema(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    """``<Response>``: the lifted resource's fields beside the response's others."""
+    output = op.rpc.output_type
+    name = output.name
+    if name not in components:
+        lifted = output.fields_by_name[op.lift or ""].message_type
+        inner = components[
+            codec.schema_ref(lifted, components, request=False)["$ref"].split("/")[-1]
+        ]
+        outer = components[
+            codec.schema_ref(output, components, request=False)["$ref"].split("/")[-1]
+        ]
+        lift_name = codec.json_name_of(output, op.lift or "")
+        properties = {
+            **inner["properties"],
+            **{k: v for k, v in outer["properties"].items() if k != lift_name},
+        }
+        components[name] = {
+            **outer,
+            "properties": properties,
+            "required": list(properties),
+        }
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _document(
+    *,
+    operation_id: str,
+    summary: str,
+    description: str,
+    tag: str,
+    parameters: list[dict[str, Any]],
+    status: int,
+    response: dict[str, Any],
+    example: Any,
+    errors: tuple[Code, ...],
+) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": response}
+    if example is not None:
+        content["example"] = example
+    responses: dict[str, Any] = {
+        str(status): {"description": "Success.", "content": {"application/json": content}}
+    }
+    responses.update(_error_responses(errors))
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": [tag],
+        "parameters": parameters,
+        "security": SECURITY,
+        "responses": responses,
+    }
+
+
+def _error_responses(codes: tuple[Code, ...]) -> dict[str, Any]:
+    """The error responses of these catalog codes (plus 400, 401 and 503, which any
+    operation may answer)."""
+    by_status: dict[int, list[str]] = {}
+    for code in ("invalid_argument", "unauthenticated", *codes, "unavailable"):
+        names = by_status.setdefault(CATALOG[code].http_status, [])
+        if code not in names:
+            names.append(code)
+    return {
+        str(status): {
+            "description": "Error: " + ", ".join(f"`{c}`" for c in names),
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
+        for status, names in sorted(by_status.items())
+    }
+
+
+DELETED_SCHEMA = {
+    "type": "object",
+    "description": "The answer to every delete.",
+    "properties": {
+        "id": {"type": "string", "description": "The ID of the deleted resource."},
+        "deleted": {"type": "boolean", "const": True, "description": "Always true."},
+    },
+    "required": ["id", "deleted"],
+    "additionalProperties": False,
+}

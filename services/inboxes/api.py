@@ -41,14 +41,14 @@ def inbox_to_pb(inbox: Inbox) -> inboxes_pb2.Inbox:
 def credentials_to_pb(servers: MailServers, email: str, password: str) -> inboxes_pb2.Credentials:
     """The IMAP (TLS) and SMTP (STARTTLS) logins of ``email`` with ``password``."""
     return inboxes_pb2.Credentials(
-        imap=inboxes_pb2.ServerCredentials(
+        imap=inboxes_pb2.ImapCredentials(
             host=servers.imap_host,
             port=servers.imap_port,
             tls=True,
             username=email,
             password=password,
         ),
-        smtp=inboxes_pb2.ServerCredentials(
+        smtp=inboxes_pb2.SmtpCredentials(
             host=servers.smtp_host,
             port=servers.smtp_port,
             starttls=True,
@@ -136,7 +136,10 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     ) -> inboxes_pb2.Inbox:
         account_id = auth.require_permission("write").account_id or ""
         await self._reachable(account_id, request.inbox_id)
-        if list(request.update_mask.paths) != ["display_name"]:
+        paths = list(request.update_mask.paths)
+        if not paths:  # nothing to change (an empty PATCH): the inbox as it is
+            return inbox_to_pb(_check_reach(await self._service.get(account_id, request.inbox_id)))
+        if paths != ["display_name"]:
             raise invalid_argument(
                 "update_mask", "must be exactly `display_name`: an inbox never changes pod."
             )

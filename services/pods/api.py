@@ -14,6 +14,7 @@ from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from services.chassis import auth
 from services.chassis.errors import MailplaneError, invalid_argument
+from services.chassis.plans import PLAN_LIMITS, PlanLimits
 from services.pods.models import Account, ApiKey, Pod
 from services.pods.service import PodService, pod_not_found
 
@@ -64,7 +65,14 @@ def account_to_pb(account: Account) -> pods_pb2.Account:
         plan=_PLAN_TO_PB[account.plan],
         state=_STATE_TO_PB[account.state],
         create_time=_ts(account.created_at),
+        limits=_limits_to_pb(PLAN_LIMITS[account.plan]),
     )
+
+
+def _limits_to_pb(limits: PlanLimits) -> pods_pb2.PlanLimits:
+    """The plan's limits; an unlimited count stays unset."""
+    counts = {"inboxes": limits.inboxes, "mailboxes": limits.mailboxes, "domains": limits.domains}
+    return pods_pb2.PlanLimits(**{k: v for k, v in counts.items() if v is not None})
 
 
 def api_key_to_pb(key: ApiKey) -> pods_pb2.ApiKey:

@@ -166,7 +166,6 @@ async def test_default_pod_cannot_be_deleted(http: httpx.AsyncClient, tenant: Te
         {"Authorization": "Basic dXNlcg=="},
         {"X-API-Key": "nope"},
         {"Authorization": "Bearer mp_\u00e9abc".encode()},  # raw UTF-8 bytes
-        {"X-API-Key": "\u0001"},
         # Well-formed with a right checksum, but no such key: refused by the pods service.
         {"Authorization": "Bearer mp_00000000000000000000000000000000026BYXP"},
     ],
@@ -181,6 +180,15 @@ async def test_missing_or_bad_keys_answer_401(
         ("GET", "/v1/api-keys"),
     ):
         assert_error(await http.request(method, path, headers=headers), 401, "unauthenticated")
+
+
+async def test_a_control_character_in_a_header_is_refused_by_the_http_parser(
+    http: httpx.AsyncClient,
+) -> None:
+    # RFC 9110 §5.5 forbids control characters in field values: httptools refuses the
+    # request as malformed HTTP (400) before any route or key lookup.
+    response = await http.get("/v1/pods", headers={"X-API-Key": "\u0001"})
+    assert response.status_code == 400
 
 
 async def test_x_api_key_header_works(http: httpx.AsyncClient, tenant: Tenant) -> None:

@@ -1,0 +1,69 @@
+"""The gateway's one middleware, pure ASGI: the request ID and the canonical line.
+
+Each request gets an ID (the client's ``X-Request-Id`` when it is short and
+printable, else a new one), answered in ``x-request-id`` and forwarded to the
+services as metadata; when the response is sent, one ``http`` log line records
+method, path, status, duration and request ID (STYLE: one canonical line per
+request). Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, which costs a
+task and a stream per request.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.chassis.logs import get_logger
+
+_log = get_logger("mailplane.gateway")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-Id`` if it is 1-128 of ``A-Z a-z 0-9 . _ : -``,
+    else a new random one (32 hex digits)."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            if _REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+class Front:
+    """ASGI middleware: assigns the request ID and logs the canonical line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rid = request_id(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode("ascii"))
+        status: list[int] = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            fields: dict[str, Any] = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status[0],
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "request_id": rid,
+            }
+            _log.info("http", **fields)
