@@ -203,9 +203,11 @@ def _operation_document(op: Operation, components: dict[str, Any]) -> dict[str, 
         response: dict[str, Any] = {"$ref": "#/components/schemas/Deleted"}
         components["Deleted"] = DELETED_SCHEMA
     else:
-        response = codec.schema_ref(op.rpc.output_type, components, request=False)
-        if op.lift is not None:
-            response = _lifted_schema(op, components)
+        response = (
+            _lifted_schema(op, components)
+            if op.lift is not None
+            else codec.schema_ref(op.rpc.output_type, components, request=False)
+        )
     document = _document(
         operation_id=op.operation_id,
         summary=op.summary,
@@ -237,23 +239,18 @@ def _lifted_schema(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     output = op.rpc.output_type
     name = output.name
     if name not in components:
-        lifted = output.fields_by_name[op.lift or ""].message_type
-        inner = components[
-            codec.schema_ref(lifted, components, request=False)["$ref"].split("/")[-1]
-        ]
-        outer = components[
-            codec.schema_ref(output, components, request=False)["$ref"].split("/")[-1]
-        ]
-        lift_name = codec.json_name_of(output, op.lift or "")
+        scratch: dict[str, Any] = {}  # the unlifted shapes, to take fields from
+        codec.schema_ref(output, scratch, request=False)
+        lifted = output.fields_by_name[op.lift or ""]
+        inner, outer = scratch[lifted.message_type.name], scratch[name]
+        for other, schema in scratch.items():
+            if other != name:
+                components.setdefault(other, schema)
         properties = {
             **inner["properties"],
-            **{k: v for k, v in outer["properties"].items() if k != lift_name},
+            **{k: v for k, v in outer["properties"].items() if k != lifted.json_name},
         }
-        components[name] = {
-            **outer,
-            "properties": properties,
-            "required": list(properties),
-        }
+        components[name] = {**outer, "properties": properties, "required": list(properties)}
     return {"$ref": f"#/components/schemas/{name}"}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 
@@ -20,8 +21,12 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         fmt: ``auto`` (JSON unless stderr is a TTY), ``json`` or ``console``.
     """
     json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    # orjson renders bytes, written whole by BytesLogger: one write per line, so the
+    # lines of processes sharing a stream never interleave mid-line.
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        if json_lines
+        else structlog.dev.ConsoleRenderer()
     )
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
@@ -33,7 +38,11 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=(
+            structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+            if json_lines
+            else structlog.PrintLoggerFactory(file=sys.stderr)
+        ),
         cache_logger_on_first_use=False,  # so tests can capture every line
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)

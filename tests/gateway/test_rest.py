@@ -355,3 +355,43 @@ async def test_a_service_that_is_down_answers_503_unavailable(
         )
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["services"]["pods"] != "SERVING"
+
+
+async def test_every_operation_is_typed_documented_and_never_422(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    ids = []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            where = (method, path)
+            ids.append(operation["operationId"])
+            assert operation["operationId"][0].islower(), where
+            assert "_" not in operation["operationId"], where
+            assert "422" not in operation["responses"], where
+            if not path.startswith("/v1/"):
+                continue
+            success = [s for s in operation["responses"] if s.startswith("2")]
+            assert success, where
+            for status in success:
+                content = operation["responses"][status]["content"]["application/json"]
+                ref = content["schema"]["$ref"].split("/")[-1]
+                assert schemas[ref]["properties"], where
+                if "example" in content:  # the example has exactly the schema's fields
+                    assert set(content["example"]) == set(schemas[ref]["properties"]), where
+            errors = {s: r for s, r in operation["responses"].items() if s[0] in "45"}
+            assert {"400", "401", "503"} <= set(errors), where
+            assert all("`" in r["description"] for r in errors.values()), where
+            if method in ("post", "patch") and "requestBody" in operation:
+                ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                assert schemas[ref.split("/")[-1]]["properties"], where
+    assert len(ids) == len(set(ids))
+    assert {"createInbox", "getPod", "updateMailbox", "getBillingStatus"} <= set(ids)
+    # Output-only fields are not in request schemas; internal ones are nowhere.
+    assert "isDefault" not in schemas["PodInput"]["properties"]
+    assert "accountId" not in schemas["Pod"]["properties"]
+    assert schemas["Mailbox"]["properties"]["autonomyLevel"]["anyOf"][0]["enum"] == [
+        "L1",
+        "L2",
+        "L3",
+    ]
