@@ -67,6 +67,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="1.0.0",
         summary="Pods, domains, inboxes and mailboxes for AI-agent email.",
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks check the providers on every request; the
+        # gateway's canonical line (gateway.front) is its telemetry for now.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     errors.install(app)
