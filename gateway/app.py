@@ -19,12 +19,12 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from gateway import codec, errors
 from gateway.caller import SECURITY, SECURITY_SCHEMES
 from gateway.front import Front
-from gateway.operations import Operation, endpoint, multicallable
+from gateway.operations import Endpoint, Operation, endpoint, multicallable
 from gateway.routes import account, billing, domains, inboxes, mailboxes, pods
 from services.chassis.config import Settings
 from services.chassis.errors import CATALOG, Code
@@ -73,9 +73,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    by_path: dict[str, dict[str, Endpoint]] = {billing.PATH: {"GET": billing.billing_status}}
     for op in OPERATIONS:
-        app.add_route(op.path, endpoint(op), methods=[op.method], name=op.operation_id)
-    app.add_route(billing.PATH, billing.billing_status, methods=["GET"], name=billing.OPERATION_ID)
+        by_path.setdefault(op.path, {})[op.method] = endpoint(op)
+    for path, methods in by_path.items():  # one route a path, so a 405 names every method
+        app.add_route(path, _by_method(methods), methods=list(methods))
     app.add_middleware(Front)
 
     @app.get("/healthz", tags=["health"], summary="Process is up", operation_id="healthz")
@@ -112,6 +114,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
+    """One endpoint for a path's methods (the router already refused any other)."""
+    if len(endpoints) == 1:
+        (only,) = endpoints.values()
+        return only
+    endpoints = {**endpoints, "HEAD": endpoints.get("GET", next(iter(endpoints.values())))}
+
+    async def dispatch(request: Request) -> Response:
+        return await endpoints[request.method](request)
+
+    return dispatch
 
 
 def _service_of(op: Operation) -> str:

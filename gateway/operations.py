@@ -205,6 +205,7 @@ def _page_limit(raw: str | None) -> int:
 
 
 Invoke = Callable[..., Awaitable[Message]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def json_response(body: Json, status: int = 200) -> Response:
@@ -212,7 +213,7 @@ def json_response(body: Json, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(operation: Operation) -> Endpoint:
     """The ASGI endpoint of one operation.
 
     Its RPC's multicallable is made once, when the app starts, on the service's

@@ -395,3 +395,34 @@ async def test_every_operation_is_typed_documented_and_never_422(http: httpx.Asy
         "L2",
         "L3",
     ]
+
+
+async def test_nul_invalid_utf8_and_deep_json_answer_400_not_500(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    h = {**tenant.headers, "content-type": "application/json"}
+    for response in (
+        await http.get("/v1/pods/a%00b", headers=tenant.headers),
+        await http.post("/v1/pods", json={"name": "a\u0000b"}, headers=tenant.headers),
+        await http.post("/v1/pods", content=b'{"name": "\xff"}', headers=h),
+        await http.post("/v1/pods", content=b"[" * 5000 + b"]" * 5000, headers=h),
+    ):
+        assert_error(response, 400, "invalid_argument")
+
+
+async def test_request_ids_are_echoed_only_when_short_and_printable(
+    http: httpx.AsyncClient,
+) -> None:
+    kept = await http.get("/healthz", headers={"X-Request-Id": "trace-42.a:b"})
+    assert kept.headers["x-request-id"] == "trace-42.a:b"
+    for bad in ("x" * 200, "a b", "é"):
+        replaced = await http.get("/healthz", headers={"X-Request-Id": bad.encode()})
+        assert replaced.headers["x-request-id"] != bad
+        assert len(replaced.headers["x-request-id"]) == 32
+
+
+async def test_405_names_the_allowed_methods(http: httpx.AsyncClient) -> None:
+    response = await http.put("/v1/pods")
+    assert_error(response, 405, "method_not_allowed")
+    allowed = set(response.headers["allow"].replace(" ", "").split(","))
+    assert allowed - {"HEAD"} == {"GET", "POST"}
