@@ -115,6 +115,7 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         internal_token=secrets.token_urlsafe(24),
         db_role_password=secrets.token_urlsafe(12),
         dkim_encryption_key=Fernet.generate_key().decode(),
+        credential_hash_key=secrets.token_urlsafe(32),
         pods_addr=f"127.0.0.1:{free_port()}",
         domains_addr=f"127.0.0.1:{free_port()}",
         inboxes_addr=f"127.0.0.1:{free_port()}",

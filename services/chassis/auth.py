@@ -222,9 +222,10 @@ Resolver = Callable[[str], Awaitable[Principal]]
 class KeyCache:
     """Resolves secrets to principals, remembering answers for ``ttl_seconds``.
 
-    Malformed secrets are refused before the resolver is asked. Only successes
-    are cached, keyed by the secret's SHA-256, so a new key works at once and a
-    deleted key stops working within ``ttl_seconds``.
+    Malformed secrets are refused before the resolver is asked (the shape is
+    checked on a cache miss only). Only successes are cached, keyed by the
+    secret's SHA-256, so a new key works at once and a deleted key stops working
+    within ``ttl_seconds``.
 
     Args:
         resolve: asks the source of truth (the pods store, or the pods service
@@ -246,13 +247,16 @@ class KeyCache:
             MailplaneError: ``unauthenticated`` for a malformed or unknown key;
                 ``unavailable`` when the pods service cannot be asked.
         """
-        if not well_formed(secret):
-            raise bad_key()
+        # The cache is looked at first: only secrets that passed the shape check
+        # are ever cached, so a hit needs no re-check (the check, base62 and a
+        # CRC-32 in Python, costs more than the SHA-256 and the lookup).
         digest = secret_hash(secret)
         now = time.monotonic()
         hit = self._entries.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
+        if not well_formed(secret):
+            raise bad_key()
         principal = await self._resolve(secret)
         if len(self._entries) >= self._max:
             self._entries = {k: v for k, v in self._entries.items() if v[0] > now}

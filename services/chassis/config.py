@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     #: rest; the domains service refuses to start without it (the local launcher
     #: generates one).
     dkim_encryption_key: SecretStr | None = None
+    #: HMAC-SHA-256 key under which the inboxes service stores IMAP/SMTP
+    #: passwords (at least 32 bytes; the local launcher generates one). Changing
+    #: it invalidates every stored password until its inbox's credentials rotate.
+    credential_hash_key: SecretStr = SecretStr("mailplane-dev-credential-hash-key")
     #: Where the local launcher keeps the embedded database and the dev key.
     state_dir: Path = Path(".mailplane")
 

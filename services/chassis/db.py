@@ -23,8 +23,19 @@ from services.chassis.config import role_name
 async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
     """Opens the process's one pool; every connection's search_path is ``schema``.
 
-    asyncpg prepares and caches every statement per connection, so repeated
-    queries are sent as prepared statements.
+    asyncpg prepares and caches every statement per connection (its
+    ``statement_cache_size``, 100 by default), keyed by the SQL text, so the
+    services' constant queries are parsed once per connection and then cost one
+    round trip each.
+
+    A released connection is not sent asyncpg's default reset query
+    (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``): it would
+    be one more round trip after every query, doubling the cost of a
+    single-statement read. The services leave no session state behind: their
+    advisory locks are transaction-scoped (``pg_advisory_xact_lock``), they
+    hold no cursors past a transaction, LISTEN to nothing and issue no ``SET``;
+    asyncpg still rolls back a transaction left open on release. Code that
+    needs session state must use its own connection (as ``migrate`` does).
 
     Args:
         dsn: the service's own DSN (its role, not the administrator's).
@@ -36,9 +47,15 @@ async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
         min_size=1,
         max_size=size,
         server_settings={"search_path": schema, "application_name": f"mailplane-{schema}"},
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own rollback of an
+    open transaction, since no service leaves session state (see ``create_pool``)."""
 
 
 async def migrate(admin_dsn: str, service: str, role_password: str, folder: Path) -> list[str]:

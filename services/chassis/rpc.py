@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextvars
 import hmac
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -119,16 +119,27 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._service = service
         self._authenticate = authenticate
         self._internal_token = internal_token.encode()
+        #: The wrapped handler of each method, built on its first call: the
+        #: servicers' handlers never change while the server runs.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method  # type: ignore[attr-defined]
+        known = self._wrapped.get(method)
+        if known is not None:
+            return known
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or method.startswith(_UNWRAPPED_PREFIXES):
             return handler
+        self._wrapped[method] = self._wrap(method, handler)
+        return self._wrapped[method]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Returns ``handler`` with authentication, error mapping and the log line."""
         inner: Handler = handler.unary_unary
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -136,7 +147,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             metadata = {
                 k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
             }
-            request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+            request_id = metadata.get("x-request-id") or secrets.token_hex(16)
             outcome, account_id = "OK", None
             tokens: list[Any] = [_request_id.set(request_id)]
             try:

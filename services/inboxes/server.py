@@ -12,7 +12,7 @@ from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
 from services.inboxes.api import InboxServicer
-from services.inboxes.credentials import MailServers
+from services.inboxes.credentials import CredentialHasher, MailServers
 from services.inboxes.service import InboxService, InboxSettings
 from services.inboxes.store import InboxStore
 
@@ -47,6 +47,7 @@ async def build(settings: Settings) -> InboxesProcess:
             ),
             settle_seconds=2 * deadline,
         ),
+        CredentialHasher(settings.credential_hash_key.get_secret_value().encode()),
     )
 
     async def sweep() -> None:

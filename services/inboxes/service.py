@@ -26,7 +26,7 @@ from services.chassis.logs import get_logger
 from services.chassis.peers import AccountStanding, DomainsClient, PodRef, PodsClient
 from services.chassis.plans import PLAN_LIMITS
 from services.inboxes import addresses, credentials
-from services.inboxes.credentials import MailServers
+from services.inboxes.credentials import CredentialHasher, MailServers
 from services.inboxes.models import Holder, Inbox
 from services.inboxes.store import AddressTaken, InboxStore
 
@@ -78,15 +78,22 @@ class InboxService:
         pods: the pods service client.
         domains: the domains service client.
         config: the shared domain and mail servers.
+        hasher: hashes and verifies IMAP/SMTP passwords under the server-side key.
     """
 
     def __init__(
-        self, store: InboxStore, pods: PodsClient, domains: DomainsClient, config: InboxSettings
+        self,
+        store: InboxStore,
+        pods: PodsClient,
+        domains: DomainsClient,
+        config: InboxSettings,
+        hasher: CredentialHasher,
     ):
         self._store = store
         self._pods = pods
         self._domains = domains
         self._config = config
+        self._hasher = hasher
 
     @property
     def servers(self) -> MailServers:
@@ -198,7 +205,7 @@ class InboxService:
                 )
             if password is None:
                 password = credentials.new_password()
-                password_hash = await credentials.hash_password(password)
+                password_hash = self._hasher.hash(password)
             limit = PLAN_LIMITS[standing.plan].inboxes
             try:
                 inbox = await self._store.insert_pending(
@@ -293,7 +300,8 @@ class InboxService:
         """Replaces an inbox's password; the old one stops working at once.
 
         Returns:
-            ``(inbox, new_password)``; the password is not stored, only its hash.
+            ``(inbox, new_password)``; the password is not stored, only its keyed
+            hash (which replaces a legacy argon2id hash too).
 
         Raises:
             MailplaneError: ``inbox_not_found``.
@@ -301,7 +309,7 @@ class InboxService:
         inbox = await self.get(account_id, inbox_id)
         password = credentials.new_password()
         if not await self._store.set_password_hash(
-            account_id, inbox.id, await credentials.hash_password(password)
+            account_id, inbox.id, self._hasher.hash(password)
         ):
             raise inbox_not_found(inbox_id)
         _log.info("inbox_credentials_rotated", account_id=account_id, inbox_id=inbox_id)
@@ -315,10 +323,12 @@ class InboxService:
 
         Raises:
             MailplaneError: ``unauthenticated`` for an unknown address or a wrong
-                password (the same answer, in about the same time).
+                password (the same answer, in about the same time; only an inbox
+                still holding a legacy argon2id hash answers ~20 ms slower, until
+                its credentials rotate).
         """
         login = await self._store.login(email.strip()) if email else None
-        if not await credentials.password_matches(login[3] if login else None, password):
+        if not await self._hasher.matches(login[3] if login else None, password):
             raise MailplaneError("unauthenticated", "The address or password is wrong.")
         assert login is not None
         return login[0], login[1], login[2]

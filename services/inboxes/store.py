@@ -18,14 +18,26 @@ _COLUMNS = (
 )
 
 LOCK_ACCOUNT = "SELECT pg_advisory_xact_lock(hashtext('inboxes:' || $1))"
-COUNT_ACCOUNT_INBOXES = "SELECT count(*) FROM inboxes WHERE account_id = $1"
-INSERT_INBOX = f"""
-INSERT INTO inboxes (id, account_id, pod_id, username, domain, display_name, state)
-VALUES ($1, $2, $3, $4, $5, $6, 'pending')
-ON CONFLICT DO NOTHING
-RETURNING {_COLUMNS}
+#: One statement: the account's inbox count (only when there is a limit, $8), the
+#: pending inbox if under the limit and its address is free, and its password hash.
+#: Always one row: ``account_inboxes`` and the inbox's columns (NULL when none).
+#: Under READ COMMITTED the count's snapshot is taken after LOCK_ACCOUNT returned,
+#: so it sees every create committed by an earlier holder of the lock.
+INSERT_PENDING = f"""
+WITH counted AS (
+    SELECT CASE WHEN $8::bigint IS NULL THEN 0
+                ELSE (SELECT count(*) FROM inboxes WHERE account_id = $2) END AS n
+), inbox AS (
+    INSERT INTO inboxes (id, account_id, pod_id, username, domain, display_name, state)
+    SELECT $1, $2, $3, $4, $5, $6, 'pending' FROM counted
+    WHERE $8::bigint IS NULL OR counted.n < $8::bigint
+    ON CONFLICT DO NOTHING
+    RETURNING {_COLUMNS}
+), credentials AS (
+    INSERT INTO inbox_credentials (inbox_id, password_hash) SELECT id, $7 FROM inbox
+)
+SELECT counted.n AS account_inboxes, inbox.* FROM counted LEFT JOIN inbox ON true
 """
-INSERT_CREDENTIALS = "INSERT INTO inbox_credentials (inbox_id, password_hash) VALUES ($1, $2)"
 SELECT_HOLDERS = """
 SELECT lower(email) AS email, id, account_id, pod_id, state FROM inboxes
 WHERE lower(email) = ANY($1::text[])
@@ -129,25 +141,28 @@ class InboxStore:
         ``limit`` inboxes (pending ones counted, under a per-account lock, so
         concurrent creates cannot overshoot; DESIGN §3).
 
+        With a limit: BEGIN, the lock, one INSERT_PENDING, COMMIT (4 round trips).
+        Without one (``None``) nothing is counted, so no lock is needed and the
+        single statement is its own transaction (1 round trip).
+
         Returns:
             The inbox, or ``None`` when the account already has ``limit`` inboxes.
 
         Raises:
             AddressTaken: another inbox holds the address (the unique index decides).
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(LOCK_ACCOUNT, account_id)
-            if (
-                limit is not None
-                and await conn.fetchval(COUNT_ACCOUNT_INBOXES, account_id) >= limit
-            ):
+        args = (inbox_id, account_id, pod_id, username, domain, display_name, password_hash, limit)
+        if limit is None:
+            row = await self._pool.fetchrow(INSERT_PENDING, *args)
+        else:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_ACCOUNT, account_id)
+                row = await conn.fetchrow(INSERT_PENDING, *args)
+        assert row is not None
+        if row["id"] is None:
+            if limit is not None and row["account_inboxes"] >= limit:
                 return None
-            row = await conn.fetchrow(
-                INSERT_INBOX, inbox_id, account_id, pod_id, username, domain, display_name
-            )
-            if row is None:
-                raise AddressTaken
-            await conn.execute(INSERT_CREDENTIALS, inbox_id, password_hash)
+            raise AddressTaken
         return _inbox(row)
 
     async def mark_live(self, account_id: str, inbox_id: str) -> Inbox | None:

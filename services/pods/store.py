@@ -322,28 +322,32 @@ class PodStore:
         refused (``None``) when any ID in its scope already has
         ``per_scope_limit`` live keys, counted under a per-account lock.
 
+        An account key has nothing to count: its INSERT is its own transaction
+        (one round trip, no BEGIN/COMMIT).
+
         Returns:
             The key, or ``None`` past the limit.
         """
+        args = (
+            key.id,
+            key.account_id,
+            key.name,
+            key_hash,
+            key.prefix,
+            key.last4,
+            key.scope_type,
+            list(key.scope_ids),
+            list(key.permissions),
+            key.expires_at,
+        )
+        if per_scope_limit is None or not key.scope_ids:
+            return _api_key(await self._pool.fetchrow(INSERT_API_KEY, *args))
         async with self._pool.acquire() as conn, conn.transaction():
-            if per_scope_limit is not None and key.scope_ids:
-                await conn.execute(LOCK_KEYS, key.account_id)
-                counts = await conn.fetch(COUNT_SCOPED_KEYS, key.account_id, list(key.scope_ids))
-                if any(r["count"] >= per_scope_limit for r in counts):
-                    return None
-            row = await conn.fetchrow(
-                INSERT_API_KEY,
-                key.id,
-                key.account_id,
-                key.name,
-                key_hash,
-                key.prefix,
-                key.last4,
-                key.scope_type,
-                list(key.scope_ids),
-                list(key.permissions),
-                key.expires_at,
-            )
+            await conn.execute(LOCK_KEYS, key.account_id)
+            counts = await conn.fetch(COUNT_SCOPED_KEYS, key.account_id, list(key.scope_ids))
+            if any(r["count"] >= per_scope_limit for r in counts):
+                return None
+            row = await conn.fetchrow(INSERT_API_KEY, *args)
         return _api_key(row)
 
     async def list_api_keys(

@@ -119,3 +119,25 @@ async def test_unexpected_errors_become_internal_without_details() -> None:
             assert (mapped.code, mapped.details) == ("pod_not_empty", {"inboxes": 2})
     finally:
         await server.stop(0)
+
+
+async def test_a_pooled_query_is_one_statement_and_release_keeps_no_transaction(
+    pods: PodsProcess, settings: Settings
+) -> None:
+    pool = await db.create_pool(settings.service_dsn("pods"), "pods", 1)
+    sent: list[str] = []
+    try:
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        for _ in range(3):
+            assert await pool.fetchval("SELECT 1") == 1
+        # No reset query after each release: a single-statement read is one round trip.
+        assert sent == ["SELECT 1"] * 3
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()  # released without commit or rollback
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SHOW search_path") == "pods"
+    finally:
+        await pool.close()

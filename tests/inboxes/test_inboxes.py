@@ -5,6 +5,10 @@ cross-service wiring and races (DESIGN §3, §4 Inboxes)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import re
 import uuid
 from collections import Counter
 from typing import Any
@@ -12,10 +16,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from services.chassis.config import Settings
+from services.inboxes.credentials import KEYED_PREFIX, CredentialHasher, new_password
 from services.inboxes.server import InboxesProcess
 from tests.conftest import Tenant, Zone
 from tests.domains.test_domains import new_name, publish
@@ -343,8 +349,27 @@ async def test_concurrent_creates_at_the_plan_limit_never_overshoot(
 # Credentials -------------------------------------------------------------------------
 
 
+def keyed_hash(settings: Settings, password: str) -> str:
+    """The stored form of a password: ``$hmac-sha256$`` + unpadded base64 of its
+    HMAC-SHA-256 under ``MAILPLANE_CREDENTIAL_HASH_KEY``."""
+    key = settings.credential_hash_key.get_secret_value().encode()
+    digest = hmac.digest(key, password.encode(), hashlib.sha256)
+    return "$hmac-sha256$" + base64.b64encode(digest).decode().rstrip("=")
+
+
+async def stored_hash(inboxes: InboxesProcess, inbox_id: str) -> str:
+    value: str = await inboxes.pool.fetchval(
+        "SELECT password_hash FROM inbox_credentials WHERE inbox_id = $1", inbox_id
+    )
+    return value
+
+
 async def test_credentials_work_are_hashed_never_shown_again_and_rotate(
-    http: httpx.AsyncClient, tenant: Tenant, inboxes: InboxesProcess, login: Any
+    http: httpx.AsyncClient,
+    tenant: Tenant,
+    inboxes: InboxesProcess,
+    login: Any,
+    settings: Settings,
 ) -> None:
     created = (await create(http, tenant, username=unique())).json()
     email, password = created["email"], created["credentials"]["imap"]["password"]
@@ -366,7 +391,8 @@ async def test_credentials_work_are_hashed_never_shown_again_and_rotate(
     stored = await inboxes.pool.fetchval(
         "SELECT password_hash FROM inbox_credentials WHERE inbox_id = $1", created["id"]
     )
-    assert stored.startswith("$argon2id$") and password not in stored
+    assert re.fullmatch(r"\$hmac-sha256\$[A-Za-z0-9+/]{43}", stored), stored
+    assert stored == keyed_hash(settings, password)  # HMAC-SHA-256 under the server key
     dump = await inboxes.pool.fetch(
         "SELECT * FROM inboxes i JOIN inbox_credentials c ON c.inbox_id = i.id"
     )
@@ -380,6 +406,49 @@ async def test_credentials_work_are_hashed_never_shown_again_and_rotate(
     assert new_password != password and rotated.json()["id"] == created["id"]
     assert await login(email, password) == grpc.StatusCode.UNAUTHENTICATED
     assert (await login(email, new_password)).inbox_id == created["id"]
+    assert await stored_hash(inboxes, created["id"]) == keyed_hash(settings, new_password)
+
+
+async def test_legacy_argon2id_hashes_verify_until_rotation_writes_a_keyed_hash(
+    http: httpx.AsyncClient,
+    tenant: Tenant,
+    inboxes: InboxesProcess,
+    login: Any,
+    settings: Settings,
+) -> None:
+    created = (await create(http, tenant, username=unique())).json()
+    email, inbox_id = created["email"], created["id"]
+    # An inbox whose password was stored before keyed hashes: an argon2id PHC string.
+    legacy_password = "legacy-" + uuid.uuid4().hex
+    legacy = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1).hash(legacy_password)
+    await inboxes.pool.execute(
+        "UPDATE inbox_credentials SET password_hash = $2 WHERE inbox_id = $1", inbox_id, legacy
+    )
+    assert (await login(email, legacy_password)).inbox_id == inbox_id
+    assert await login(email, legacy_password + "x") == grpc.StatusCode.UNAUTHENTICATED
+    assert await login(email, created["credentials"]["imap"]["password"]) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert await stored_hash(inboxes, inbox_id) == legacy  # verifying does not rewrite it
+
+    rotated = await http.post(f"/v1/inboxes/{inbox_id}/rotate-credentials", headers=tenant.headers)
+    assert rotated.status_code == 200, rotated.text
+    new_password = rotated.json()["credentials"]["imap"]["password"]
+    assert await stored_hash(inboxes, inbox_id) == keyed_hash(settings, new_password)
+    assert await login(email, legacy_password) == grpc.StatusCode.UNAUTHENTICATED
+    assert (await login(email, new_password)).inbox_id == inbox_id
+
+
+async def test_keyed_hashes_depend_on_the_key_and_unknown_logins_are_refused() -> None:
+    mine, other = CredentialHasher(b"k" * 32), CredentialHasher(b"o" * 32)
+    password = new_password()
+    stored = mine.hash(password)
+    assert stored.startswith(KEYED_PREFIX) and password not in stored
+    assert await mine.matches(stored, password)
+    assert not await mine.matches(stored, password[:-1] + ("A" if password[-1] != "A" else "B"))
+    assert not await other.matches(stored, password)  # a copied table alone confirms nothing
+    assert not await mine.matches(None, password)  # unknown login: the dummy is checked
+    assert not await mine.matches("not a hash", password)
 
 
 async def test_verifying_credentials_needs_the_service_credential(
