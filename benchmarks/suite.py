@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -73,10 +74,10 @@ WRK = ["wrk", "-t1", f"-c{CONNECTIONS}", "--timeout", f"{WRK_TIMEOUT_SECONDS}s"]
 #: for no body), a prefix that makes the ``%s`` values unique to this wrk run. Its
 #: ``done`` prints the summary as one JSON line (durations in microseconds).
 WRK_SCRIPT = r"""
-local threads = 0
+local threads = {}
 function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
 end
 
 function init(args)
@@ -85,6 +86,7 @@ function init(args)
   template = args[3]
   prefix = args[4] .. "t" .. tid .. "-"
   counter = 0
+  statuses = {}
   if template ~= "" then
     wrk.headers["Content-Type"] = "application/json"
   end
@@ -99,13 +101,29 @@ function request()
   return wrk.format(nil, nil, nil, string.format(template, prefix .. counter))
 end
 
+function response(status, headers, body)
+  if status > 299 then
+    statuses[status] = (statuses[status] or 0) + 1
+  end
+end
+
 function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + n
+    end
+  end
+  local non_2xx = {}
+  for status, n in pairs(counts) do
+    table.insert(non_2xx, string.format('"%d": %d', status, n))
+  end
   local e = summary.errors
   io.write(string.format(
-    '\n{"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, '
-      .. '"p50_us": %d, "p99_us": %d, "max_us": %d}\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
+    '\n{"requests": %d, "duration_us": %d, "socket_errors": %d, "p50_us": %d, '
+      .. '"p99_us": %d, "max_us": %d, "non_2xx": {%s}}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max, table.concat(non_2xx, ", ")))
 end
 """
 
@@ -116,12 +134,13 @@ class Phase:
 
     Attributes:
         name: what was measured, e.g. ``REST GET /v1/pods/{pod}``.
-        requests: answers counted in the measured window.
+        requests: successful answers (2xx; gRPC OK) in the measured window.
         seconds: length of the measured window, in seconds.
         p50_ms: median latency, in milliseconds.
         p99_ms: 99th percentile latency, in milliseconds.
         errors: answers that failed (non-2xx, socket errors or timeouts for REST;
             HTTP/2 failures plus replies without a message for gRPC).
+        error_kinds: the errors by kind, e.g. ``HTTP 504 x20``; empty when none.
     """
 
     name: str
@@ -130,6 +149,7 @@ class Phase:
     p50_ms: float
     p99_ms: float
     errors: int
+    error_kinds: str = ""
 
     @property
     def rate(self) -> float:
@@ -261,8 +281,8 @@ def run_wrk(name: str, url: str, key: str, method: str = "GET", template: str = 
             request (e.g. ``{"username": "%s"}``); empty sends no body.
 
     Returns:
-        The measured phase; errors are non-2xx answers plus socket errors and
-        timeouts (10 s).
+        The measured phase: 2xx answers per second; errors are non-2xx answers plus
+        socket errors and timeouts (10 s).
     """
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT)
@@ -273,26 +293,32 @@ def run_wrk(name: str, url: str, key: str, method: str = "GET", template: str = 
             for stage, seconds in (("w", WARM_UP_SECONDS), ("m", PHASE_SECONDS))
         ]
     summary = summaries[-1]
+    non_2xx: dict[str, int] = summary["non_2xx"]
     return Phase(
         name=name,
-        requests=summary["requests"],
+        requests=max(0, summary["requests"] - sum(non_2xx.values())),
         seconds=summary["duration_us"] / 1e6,
         p50_ms=summary["p50_us"] / 1000,
         p99_ms=summary["p99_us"] / 1000,
-        errors=summary["status_errors"] + summary["socket_errors"],
+        errors=sum(non_2xx.values()) + summary["socket_errors"],
+        error_kinds=", ".join(
+            [f"HTTP {status} x{n}" for status, n in sorted(non_2xx.items())]
+            + [f"socket errors/timeouts x{summary['socket_errors']}"]
+            * bool(summary["socket_errors"])
+        ),
     )
 
 
 def _wrk(
     script: str, url: str, seconds: int, method: str, key: str, template: str, prefix: str
-) -> dict[str, int]:
+) -> dict[str, Any]:
     out = subprocess.run(
         [*WRK, f"-d{seconds}s", "-s", script, url, "--", method, key, template, prefix],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    summary: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     # wrk leaves up to CONNECTIONS requests in the services when it stops; let them
     # finish (they take at most the slowest latency seen) so that the next run does
     # not start behind them.
@@ -376,6 +402,10 @@ def run_h2load(name: str, suite: Suite, key: str, body: bytes, reply_size: int) 
         p50_ms=q[49] / 1000,
         p99_ms=q[98] / 1000,
         errors=measured.failed + (measured.succeeded - ok),
+        error_kinds=", ".join(
+            [f"HTTP/2 failures x{measured.failed}"] * bool(measured.failed)
+            + [f"no reply message x{measured.succeeded - ok}"] * bool(measured.succeeded - ok)
+        ),
     )
 
 
@@ -408,7 +438,7 @@ def _h2load(command: list[str]) -> H2loadSummary:
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return H2loadSummary(
         output=out,
-        rate=float(_field(r"finished in [\d.]+s, ([\d.]+) req/s", out)),
+        rate=float(_field(r"finished in [\d.]+[mu]?s, ([\d.]+) req/s", out)),
         done=int(_field(r"(\d+) done", out)),
         succeeded=int(_field(r"(\d+) succeeded", out)),
         failed=sum(int(_field(rf"(\d+) {kind}", out)) for kind in ("failed", "errored", "timeout")),
@@ -499,6 +529,8 @@ async def insert_floor(dsn: str) -> Phase:
 
 
 def _row(phase: Phase, beside: str = "") -> str:
+    if phase.errors:
+        beside = f"{beside}; errors: {phase.error_kinds}"
     return (
         f"{phase.name:<42} {phase.rate:>8,.0f} {phase.p50_ms:>8.1f} {phase.p99_ms:>8.1f} "
         f"{phase.errors:>6}  {beside}"
@@ -530,6 +562,7 @@ def table(
             f"\nMailplane bench: {CONNECTIONS} connections (REST: wrk; gRPC: h2load), "
             f"{WARM_UP_SECONDS} s warm-up + {PHASE_SECONDS} s per phase, one run; "
             f"{os.cpu_count()} CPUs, load average {load_average:.1f} before it",
+            "req/s counts 2xx (gRPC: OK) answers; p50/p99 are over every answer",
             header,
             "-" * len(header),
             _row(rest_get, f"gRPC ÷ REST = {grpc_get.rate / rest_get.rate:.2f}x (gateway cost)"),
