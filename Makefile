@@ -51,7 +51,10 @@ format: setup ## apply buf format and ruff format
 
 bench: setup bench-tools ## one run of the suite as `make run` starts it, then in-process hot paths
 	$(VENV_PY) -m benchmarks.suite
-	$(VENV_PY) -m pytest benchmarks -q -s -p no:randomly
+	@# Its own --basetemp: pytest resets /tmp/pytest-of-$$USER to 0700 at start, which
+	@# locks a concurrent session's embedded PostgreSQL (another user) out of its data.
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		$(VENV_PY) -m pytest benchmarks -q -s -p no:randomly --basetemp="$$tmp/pytest"
 
 bench-tools: ## install the load generators `make bench` drives (wrk, h2load) if missing
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
