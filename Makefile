@@ -8,8 +8,10 @@ UV := .tools/bin/uv
 VENV_PY := .venv/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 PROTO_STAMP := protos/.generated
+# apt-get needs root: sudo unless we are root already.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup proto run test lint format bench clean
+.PHONY: help setup proto run test lint format bench bench-tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -40,15 +42,23 @@ lint: setup ## buf lint + buf format, ruff check + ruff format --check, mypy
 	cd protos && ../.venv/bin/buf lint && ../.venv/bin/buf format --diff --exit-code
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/mypy services gateway deploy
+	.venv/bin/mypy services gateway deploy benchmarks
 
 format: setup ## apply buf format and ruff format
 	cd protos && ../.venv/bin/buf format -w
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-bench: setup ## latency/throughput of the hot paths on the real suite
-	$(VENV_PY) -m pytest benchmarks -q -s -p no:randomly
+bench: setup bench-tools ## one run of the suite as `make run` starts it, then in-process hot paths
+	$(VENV_PY) -m benchmarks.suite
+	@# Its own --basetemp: pytest resets /tmp/pytest-of-$$USER to 0700 at start, which
+	@# locks a concurrent session's embedded PostgreSQL (another user) out of its data.
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		$(VENV_PY) -m pytest benchmarks -q -s -p no:randomly --basetemp="$$tmp/pytest"
+
+bench-tools: ## install the load generators `make bench` drives (wrk, h2load) if missing
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk nghttp2-client; }
 
 clean: ## remove the environment and generated code (keeps .mailplane/ data)
 	rm -rf .tools .venv $(PROTO_STAMP)

@@ -1,19 +1,49 @@
 """Latency and throughput of the inboxes hot path: POST /v1/inboxes (allocation, two
 peer calls, an argon2id hash, the child-side re-check), its idempotent retry, and
-GetInbox over gRPC. Prints a table; asserts nothing about speed."""
+GetInbox over gRPC, in process (client and services share one event loop).
+Prints a table; asserts nothing about speed."""
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import sys
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import grpc
 import httpx
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
 from mailplane.pods.v1 import pods_pb2
 
-from benchmarks.test_pods_latency import CONCURRENCY, REQUESTS, measure
 from services.chassis.config import Settings
+
+REQUESTS = 500
+CONCURRENCY = 16
+
+
+async def measure(name: str, call: Callable[[int], Awaitable[object]]) -> None:
+    """Runs ``REQUESTS`` calls, ``CONCURRENCY`` at a time; prints p50/p99 and req/s."""
+    for i in range(50):  # warm caches and prepared statements
+        await call(i)
+    latencies: list[float] = []
+    next_index = iter(range(REQUESTS))
+
+    async def worker() -> None:
+        for i in next_index:
+            started = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started
+    q = statistics.quantiles(latencies, n=100)
+    sys.stdout.write(
+        f"{name:<28} {REQUESTS / elapsed:8.0f} req/s  p50 {q[49] * 1000:6.2f} ms  "
+        f"p99 {q[98] * 1000:6.2f} ms\n"
+    )
 
 
 async def test_inboxes_hot_path(

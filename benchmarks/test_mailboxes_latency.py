@@ -12,7 +12,7 @@ import httpx
 from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
 from mailplane.pods.v1 import pods_pb2
 
-from benchmarks.test_pods_latency import CONCURRENCY, REQUESTS, measure
+from benchmarks.test_inboxes_latency import CONCURRENCY, REQUESTS, measure
 from services.chassis.config import Settings
 
 
