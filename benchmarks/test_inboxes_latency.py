@@ -1,5 +1,5 @@
 """Latency and throughput of the inboxes hot path: POST /v1/inboxes (allocation, two
-peer calls, an argon2id hash, the child-side re-check), its idempotent retry, and
+peer calls, a keyed credential hash, the child-side re-check), its idempotent retry, and
 GetInbox over gRPC, in process (client and services share one event loop).
 Prints a table; asserts nothing about speed."""
 
