@@ -14,6 +14,7 @@ the caller's key and request ID as metadata and the peer deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -175,6 +176,27 @@ class Operation:
             assert descriptor is not None
             paths = codec.mask_paths(body, descriptor, self.merge)
             getattr(message, self.mask).CopyFrom(field_mask_pb2.FieldMask(paths=paths))
+
+
+def pod_listing(listing: Operation, resources: str) -> Operation:
+    """The ``/v1/pods/{pod}/<resources>`` form of a list operation (seed 001's per-pod
+    lists): the same RPC with the pod from the path instead of ``?podId=``.
+
+    Args:
+        listing: the account-wide list (``listInboxes``), whose ``podId`` query
+            parameter binds ``pod_id``.
+        resources: the path's last segment and the operation ID's noun (``inboxes``).
+    """
+    return dataclasses.replace(
+        listing,
+        path=f"/v1/pods/{{pod}}/{resources}",
+        operation_id=f"listPod{resources.title()}",
+        summary=f"List a pod's {resources}",
+        tag="pods",
+        path_fields={"pod": "pod_id"},
+        query_fields={},
+        aliases={},
+    )
 
 
 def _parse_body(raw: bytes, *, required: bool) -> dict[str, Json]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailplane.domains.v1 import domains_pb2
 
-from gateway.operations import Operation, rpc_of
+from gateway.operations import Operation, pod_listing, rpc_of
 
 _DOMAIN = {"domain": "domain_id"}
 _EXAMPLE = {
@@ -29,6 +29,19 @@ _EXAMPLE = {
 }
 _LIST = {"domains": [_EXAMPLE], "nextPageToken": None}
 
+_LIST_DOMAINS = Operation(
+    "GET",
+    "/v1/domains",
+    rpc_of(domains_pb2, "DomainService", "ListDomains"),
+    "listDomains",
+    "List domains",
+    "domains",
+    query_fields={"podId": "pod_id", "status": "status"},
+    paged=True,
+    errors=("pod_not_found",),
+    example=_LIST,
+)
+
 OPERATIONS = (
     Operation(
         "POST",
@@ -49,30 +62,8 @@ OPERATIONS = (
         ),
         example=_EXAMPLE,
     ),
-    Operation(
-        "GET",
-        "/v1/domains",
-        rpc_of(domains_pb2, "DomainService", "ListDomains"),
-        "listDomains",
-        "List domains",
-        "domains",
-        query_fields={"podId": "pod_id", "status": "status"},
-        paged=True,
-        errors=("pod_not_found",),
-        example=_LIST,
-    ),
-    Operation(
-        "GET",
-        "/v1/pods/{pod}/domains",
-        rpc_of(domains_pb2, "DomainService", "ListDomains"),
-        "listPodDomains",
-        "List a pod's domains",
-        "pods",
-        path_fields={"pod": "pod_id"},
-        paged=True,
-        errors=("pod_not_found",),
-        example=_LIST,
-    ),
+    _LIST_DOMAINS,
+    pod_listing(_LIST_DOMAINS, "domains"),
     Operation(
         "GET",
         "/v1/domains/{domain}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailplane.inboxes.v1 import inboxes_pb2
 
-from gateway.operations import Operation, rpc_of
+from gateway.operations import Operation, pod_listing, rpc_of
 
 _INBOX = {"inbox": "inbox_id"}
 _EXAMPLE = {
@@ -36,6 +36,19 @@ _CREDENTIALS = {
 }
 _LIST = {"inboxes": [_EXAMPLE], "nextPageToken": None}
 
+_LIST_INBOXES = Operation(
+    "GET",
+    "/v1/inboxes",
+    rpc_of(inboxes_pb2, "InboxService", "ListInboxes"),
+    "listInboxes",
+    "List inboxes",
+    "inboxes",
+    query_fields={"podId": "pod_id", "domain": "domain"},
+    paged=True,
+    errors=("pod_not_found",),
+    example=_LIST,
+)
+
 OPERATIONS = (
     Operation(
         "POST",
@@ -61,30 +74,8 @@ OPERATIONS = (
         ),
         example={**_EXAMPLE, "existed": False, "credentials": _CREDENTIALS},
     ),
-    Operation(
-        "GET",
-        "/v1/inboxes",
-        rpc_of(inboxes_pb2, "InboxService", "ListInboxes"),
-        "listInboxes",
-        "List inboxes",
-        "inboxes",
-        query_fields={"podId": "pod_id", "domain": "domain"},
-        paged=True,
-        errors=("pod_not_found",),
-        example=_LIST,
-    ),
-    Operation(
-        "GET",
-        "/v1/pods/{pod}/inboxes",
-        rpc_of(inboxes_pb2, "InboxService", "ListInboxes"),
-        "listPodInboxes",
-        "List a pod's inboxes",
-        "pods",
-        path_fields={"pod": "pod_id"},
-        paged=True,
-        errors=("pod_not_found",),
-        example=_LIST,
-    ),
+    _LIST_INBOXES,
+    pod_listing(_LIST_INBOXES, "inboxes"),
     Operation(
         "GET",
         "/v1/inboxes/{inbox}",

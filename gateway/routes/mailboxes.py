@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailplane.mailboxes.v1 import mailboxes_pb2
 
-from gateway.operations import Operation, rpc_of
+from gateway.operations import Operation, pod_listing, rpc_of
 from services.chassis.errors import Code
 
 _MAILBOX = {"mailbox": "mailbox_id"}
@@ -55,6 +55,20 @@ _PLACEMENT_ERRORS: tuple[Code, ...] = (
 )
 
 
+_LIST_MAILBOXES = Operation(
+    "GET",
+    "/v1/agent/mailboxes",
+    rpc_of(mailboxes_pb2, "MailboxService", "ListMailboxes"),
+    "listMailboxes",
+    "List mailboxes",
+    "mailboxes",
+    query_fields={"podId": "pod_id"},
+    aliases=_TENANT,
+    paged=True,
+    errors=("pod_not_found",),
+    example=_LIST,
+)
+
 OPERATIONS = (
     Operation(
         "POST",
@@ -70,31 +84,8 @@ OPERATIONS = (
         errors=_PLACEMENT_ERRORS,
         example=_EXAMPLE,
     ),
-    Operation(
-        "GET",
-        "/v1/agent/mailboxes",
-        rpc_of(mailboxes_pb2, "MailboxService", "ListMailboxes"),
-        "listMailboxes",
-        "List mailboxes",
-        "mailboxes",
-        query_fields={"podId": "pod_id"},
-        aliases=_TENANT,
-        paged=True,
-        errors=("pod_not_found",),
-        example=_LIST,
-    ),
-    Operation(
-        "GET",
-        "/v1/pods/{pod}/mailboxes",
-        rpc_of(mailboxes_pb2, "MailboxService", "ListMailboxes"),
-        "listPodMailboxes",
-        "List a pod's mailboxes",
-        "pods",
-        path_fields={"pod": "pod_id"},
-        paged=True,
-        errors=("pod_not_found",),
-        example=_LIST,
-    ),
+    _LIST_MAILBOXES,
+    pod_listing(_LIST_MAILBOXES, "mailboxes"),
     Operation(
         "GET",
         "/v1/agent/mailboxes/{mailbox}",
