@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     inboxes_addr: str = "127.0.0.1:50052"
     domains_addr: str = "127.0.0.1:50053"
     mailboxes_addr: str = "127.0.0.1:50054"
+    messages_addr: str = "127.0.0.1:50055"
+    #: The MX listener of ``python -m services.messages smtp`` (inbound, no AUTH).
+    smtp_inbound_addr: str = "127.0.0.1:2525"
+    #: The largest message the SMTP edge accepts, in bytes (advertised with SIZE).
+    max_message_bytes: int = 25 * 1024 * 1024
+    #: Days a deleted inbox's address stays reserved for its pod (DESIGN §7.2).
+    address_reclaim_days: int = 30
+    #: Whether webhooks may target loopback and private addresses (DESIGN §7.1).
+    webhook_allow_private: bool = False
     gateway_port: int = 8080
 
     #: The platform's own domain, usable by every pod (DESIGN §1).

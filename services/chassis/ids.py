@@ -10,7 +10,23 @@ import re
 
 from ulid import ULID
 
-PREFIXES = ("acct", "pod", "dom", "inb", "mbx", "key", "fld", "rule")
+PREFIXES = (
+    "acct",
+    "pod",
+    "dom",
+    "inb",
+    "mbx",
+    "key",
+    "fld",
+    "rule",
+    "msg",
+    "thr",
+    "att",
+    "evt",
+    "whk",
+    "whd",
+    "drf",
+)
 
 
 def new_id(prefix: str) -> str:

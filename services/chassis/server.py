@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -150,6 +150,7 @@ def keyed_service(
     pods_channel: grpc.aio.Channel,
     servicer: Servicer,
     sweep: Callable[[], Awaitable[None]],
+    *more: Servicer,
 ) -> GrpcService:
     """The ``GrpcService`` of a service whose callers' keys are authenticated
     through the pods service (cached ≤ 5 s; DESIGN §2) and that sweeps its own
@@ -162,7 +163,7 @@ def keyed_service(
     return GrpcService(
         name=name,
         pool=pool,
-        servicers=[servicer],
+        servicers=[servicer, *more],
         authenticate=keys.authenticate,
         internal_token=internal_token,
         sweep=sweep,
@@ -206,12 +207,17 @@ class ServiceProcess(Generic[ServiceT]):
 
 
 def service_main(
-    name: str, migrations: Path, build: Callable[[Settings], Awaitable[ServiceProcess[Any]]]
+    name: str,
+    migrations: Path,
+    build: Callable[[Settings], Awaitable[ServiceProcess[Any]]],
+    processes: Mapping[str, Callable[[Settings], Awaitable[None]]] | None = None,
 ) -> None:
     """The ``python -m services.<name> serve|migrate`` command of every service.
 
     ``serve`` runs until SIGTERM/SIGINT; ``migrate`` creates the service's role and
-    schema with ``MAILPLANE_DATABASE_URL`` and applies its migrations.
+    schema with ``MAILPLANE_DATABASE_URL`` and applies its migrations. A service
+    made of several processes (the messages service's ``smtp`` and ``worker``,
+    DESIGN §7.1) names the others in ``processes``: each runs until SIGTERM/SIGINT.
 
     The process runs one event loop, uvloop's (libuv), for its whole life:
     grpc.aio binds its completion-queue poller to the first loop that uses it,
@@ -221,7 +227,8 @@ def service_main(
     440 µs against 512 µs).
     """
     parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
-    parser.add_argument("command", choices=["serve", "migrate"])
+    others = dict(processes or {})
+    parser.add_argument("command", choices=["serve", "migrate", *others])
     command = parser.parse_args().command
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -241,4 +248,7 @@ def service_main(
         )
         _log.info("migrated", service=name, applied=applied)
 
-    uvloop.run(serve() if command == "serve" else migrate())
+    if command in others:
+        uvloop.run(others[command](settings))
+    else:
+        uvloop.run(serve() if command == "serve" else migrate())

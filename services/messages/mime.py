@@ -1,0 +1,217 @@
+"""Parsing one RFC 5322 message, once, into what the store keeps (DESIGN §7.3).
+
+The stdlib ``email`` package with ``policy.default`` decodes RFC 2047 encoded
+words and RFC 2231 parameters and picks the text and HTML bodies
+(``get_body``) and the attachments (``iter_attachments``). Header values that
+do not parse are read raw rather than failing the message: mail from the
+Internet is parsed, never refused for its shape. ``extractedText`` is the text
+without quoted history, by mail-parser-reply (research/mailflow.md §3).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from mailparser_reply import EmailReplyParser
+
+#: Characters of ``preview``.
+PREVIEW_CHARS = 200
+#: Characters kept of any one header value (a huge header is cut, not refused).
+MAX_HEADER_CHARS = 16_384
+_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+_reply_parser = EmailReplyParser(languages=["en", "de", "fr", "es", "it", "nl", "pt"])
+
+
+@dataclass(frozen=True)
+class Part:
+    """An attachment: file name, MIME type, Content-ID (no brackets), disposition
+    (``attachment``/``inline``) and decoded bytes."""
+
+    filename: str | None
+    content_type: str
+    content_id: str | None
+    disposition: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One parsed message.
+
+    Attributes:
+        message_id: the Message-ID with angle brackets; made from the content's
+            SHA-256 (``<sha256.…@mailplane.invalid>``) when the message has none.
+        in_reply_to: the first Message-ID of In-Reply-To, or ``None``.
+        references: the Message-IDs of References, oldest first.
+        sender: the From header as ``Name <user@domain>`` (``""`` when absent).
+        to, cc, reply_to: addresses in the same form.
+        subject: the decoded subject (``""`` when absent).
+        text, html: the bodies, or ``None``.
+        preview: the first ``PREVIEW_CHARS`` characters of the text (or of the
+            HTML's text), on one line.
+        extracted_text: the text without quoted history.
+        attachments: every non-body part, in order.
+        auto_submitted: whether the message is automatic (RFC 3834
+            ``Auto-Submitted`` other than ``no``, a list or bulk ``Precedence``,
+            or a ``List-Id``); an auto-reply is never sent to it.
+        sha256: the raw bytes' SHA-256.
+        size: the raw size in bytes.
+    """
+
+    message_id: str
+    in_reply_to: str | None
+    references: list[str]
+    sender: str
+    to: list[str]
+    cc: list[str]
+    reply_to: list[str]
+    subject: str
+    text: str | None
+    html: str | None
+    preview: str
+    extracted_text: str
+    attachments: list[Part] = field(default_factory=list)
+    auto_submitted: bool = False
+    sha256: bytes = b""
+    size: int = 0
+
+
+def parse(raw: bytes) -> Parsed:
+    """Parses RFC 5322 bytes. Never raises for a malformed message: what cannot
+    be decoded is left out or read raw."""
+    digest = hashlib.sha256(raw).digest()
+    message: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[assignment]
+    ids = _ids(_header(message, "Message-ID"))
+    message_id = ids[0] if ids else f"<sha256.{digest.hex()[:32]}@mailplane.invalid>"
+    text, html = _body(message, "plain"), _body(message, "html")
+    plain = text if text is not None else (_html_text(html) if html is not None else "")
+    return Parsed(
+        message_id=message_id,
+        in_reply_to=(_ids(_header(message, "In-Reply-To")) or [None])[0],
+        references=_ids(_header(message, "References"))[-100:],
+        sender=(_addresses(message, "From") or [""])[0],
+        to=_addresses(message, "To"),
+        cc=_addresses(message, "Cc"),
+        reply_to=_addresses(message, "Reply-To"),
+        subject=_one_line(_header(message, "Subject")),
+        text=text,
+        html=html,
+        preview=_one_line(plain)[:PREVIEW_CHARS],
+        extracted_text=_extract(plain),
+        attachments=_attachments(message),
+        auto_submitted=_automatic(message),
+        sha256=digest,
+        size=len(raw),
+    )
+
+
+def _header(message: EmailMessage, name: str) -> str:
+    """The header's decoded value, or its raw value when it does not parse."""
+    try:
+        value = message.get(name)
+    except Exception:  # a header policy.default cannot parse: read it raw
+        value = next((v for k, v in message.raw_items() if k.lower() == name.lower()), None)
+    return str(value)[:MAX_HEADER_CHARS] if value is not None else ""
+
+
+def _ids(value: str) -> list[str]:
+    return _MESSAGE_ID.findall(value)
+
+
+def _addresses(message: EmailMessage, name: str) -> list[str]:
+    try:
+        values = message.get_all(name) or []
+        pairs = email.utils.getaddresses([str(v)[:MAX_HEADER_CHARS] for v in values])
+    except Exception:
+        return []
+    out = []
+    for display, address in pairs:
+        if not address:
+            continue
+        out.append(f"{display} <{address}>" if display else address)
+    return out[:1000]
+
+
+def _one_line(value: str) -> str:
+    return _SPACE.sub(" ", value).strip()
+
+
+def _body(message: EmailMessage, subtype: str) -> str | None:
+    try:
+        part = message.get_body(preferencelist=(subtype,))
+        if part is None:
+            return None
+        content = part.get_content()
+    except Exception:
+        return _fallback_text(message, subtype)
+    return content if isinstance(content, str) else None
+
+
+def _fallback_text(message: EmailMessage, subtype: str) -> str | None:
+    """The body decoded by hand when its charset is unknown (latin-1 never fails)."""
+    for part in message.walk():
+        if part.get_content_type() == f"text/{subtype}":
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes):
+                return payload.decode("latin-1")
+    return None
+
+
+def _html_text(html: str) -> str:
+    return _TAG.sub(" ", html)
+
+
+def _extract(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        return str(_reply_parser.parse_reply(text=text)).strip()
+    except Exception:
+        return text.strip()
+
+
+def _attachments(message: EmailMessage) -> list[Part]:
+    parts = []
+    try:
+        found: list[Any] = list(message.iter_attachments())
+    except Exception:
+        return []
+    for part in found:
+        try:
+            payload = part.get_payload(decode=True)
+        except Exception:
+            payload = None
+        if not isinstance(payload, bytes):
+            payload = part.as_bytes() if part.is_multipart() else b""
+        content_id = _ids(str(part.get("Content-ID", "")))
+        disposition = part.get_content_disposition() or "attachment"
+        parts.append(
+            Part(
+                filename=(part.get_filename() or None),
+                content_type=part.get_content_type(),
+                content_id=content_id[0][1:-1] if content_id else None,
+                disposition="inline" if disposition == "inline" else "attachment",
+                content=payload,
+            )
+        )
+    return parts
+
+
+def _automatic(message: EmailMessage) -> bool:
+    """RFC 3834 §2: automatic messages are not answered automatically."""
+    auto = _header(message, "Auto-Submitted").strip().lower()
+    precedence = _header(message, "Precedence").strip().lower()
+    return (
+        (auto != "" and auto != "no")
+        or precedence in ("bulk", "list", "junk")
+        or bool(_header(message, "List-Id"))
+    )
