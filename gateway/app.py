@@ -39,7 +39,7 @@ OPERATIONS: tuple[Operation, ...] = (
     *mailboxes.OPERATIONS,
 )
 #: The services the gateway composes: the settings' ``<name>_addr`` of each.
-SERVICES = ("pods", "inboxes", "domains", "mailboxes")
+SERVICES = ("pods", "inboxes", "domains", "mailboxes", "messages")
 #: Which service serves each proto package.
 _SERVICE_OF_PACKAGE = {f"mailplane.{name}.v1": name for name in SERVICES}
 _DESCRIPTOR_SET = Path(__file__).resolve().parent.parent / "protos/mailplane/descriptors.binpb"

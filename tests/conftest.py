@@ -32,6 +32,7 @@ from services.chassis.config import Settings
 from services.domains import server as domains_server
 from services.inboxes import server as inboxes_server
 from services.mailboxes import server as mailboxes_server
+from services.messages import server as messages_server
 from services.pods import server as pods_server
 
 
@@ -120,6 +121,8 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         domains_addr=f"127.0.0.1:{free_port()}",
         inboxes_addr=f"127.0.0.1:{free_port()}",
         mailboxes_addr=f"127.0.0.1:{free_port()}",
+        messages_addr=f"127.0.0.1:{free_port()}",
+        smtp_inbound_addr=f"127.0.0.1:{free_port()}",
         gateway_port=free_port(),
         peer_deadline_seconds=3.0,
         dns_nameservers=f"127.0.0.1:{dns_zone.port}",
@@ -135,6 +138,7 @@ class Services:
     domains: domains_server.DomainsProcess
     inboxes: inboxes_server.InboxesProcess
     mailboxes: mailboxes_server.MailboxesProcess
+    messages: messages_server.MessagesProcess
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -147,6 +151,7 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
         "domains": domains_server,
         "inboxes": inboxes_server,
         "mailboxes": mailboxes_server,
+        "messages": messages_server,
     }
     processes: dict[str, Any] = {}
     for name, module in modules.items():

@@ -36,6 +36,7 @@ from services.chassis.rpc import open_channel
 from services.domains import server as domains_server
 from services.inboxes import server as inboxes_server
 from services.mailboxes import server as mailboxes_server
+from services.messages import server as messages_server
 from services.pods import server as pods_server
 
 _log = logs.get_logger("mailplane.launcher")
@@ -46,7 +47,10 @@ SERVICES = (
     ("inboxes", inboxes_server.MIGRATIONS, "services.inboxes"),
     ("domains", domains_server.MIGRATIONS, "services.domains"),
     ("mailboxes", mailboxes_server.MIGRATIONS, "services.mailboxes"),
+    ("messages", messages_server.MIGRATIONS, "services.messages"),
 )
+#: The messages service's other processes (DESIGN §7.1): ``python -m services.messages …``.
+MAIL_PROCESSES = ("smtp", "worker")
 DEV_KEY_FILE = "dev-api-key"
 START_TIMEOUT_SECONDS = 60.0
 
@@ -146,6 +150,8 @@ async def _run(state: Path) -> int:
             _log.info("migrated", service=name, applied=applied)
         for _, _, module in SERVICES:
             children.append(await _spawn(env, module, "serve"))
+        for process in MAIL_PROCESSES:
+            children.append(await _spawn(env, "services.messages", process))
         children.append(await _spawn(env, "gateway"))
         deadline = loop.time() + START_TIMEOUT_SECONDS
         for name, _, _ in SERVICES:
@@ -157,7 +163,10 @@ async def _run(state: Path) -> int:
             "\nMailplane is up.\n"
             f"  REST:    {base_url}  (docs: {base_url}/docs)\n"
             f"  gRPC:    pods {settings.pods_addr}, inboxes {settings.inboxes_addr}, "
-            f"domains {settings.domains_addr}, mailboxes {settings.mailboxes_addr}\n"
+            f"domains {settings.domains_addr}, mailboxes {settings.mailboxes_addr}, "
+            f"messages {settings.messages_addr}\n"
+            f"  SMTP:    {settings.smtp_inbound_addr}  (MX: inbound mail for the shared domain "
+            f"{settings.shared_domain} and verified custom domains)\n"
             f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
             "Ctrl-C stops everything.\n\n"
         )

@@ -96,7 +96,7 @@ def parse(raw: bytes) -> Parsed:
     plain = text if text is not None else (_html_text(html) if html is not None else "")
     return Parsed(
         message_id=message_id,
-        in_reply_to=(_ids(_header(message, "In-Reply-To")) or [None])[0],
+        in_reply_to=next(iter(_ids(_header(message, "In-Reply-To"))), None),
         references=_ids(_header(message, "References"))[-100:],
         sender=(_addresses(message, "From") or [""])[0],
         to=_addresses(message, "To"),

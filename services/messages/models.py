@@ -10,7 +10,17 @@ import orjson
 
 #: Labels Mailplane sets; a caller may add or remove only ``USER_SETTABLE`` of them.
 SYSTEM_LABELS = frozenset(
-    {"received", "sent", "unread", "spam", "unauthenticated", "trash", "archived", "bounced", "held"}
+    {
+        "received",
+        "sent",
+        "unread",
+        "spam",
+        "unauthenticated",
+        "trash",
+        "archived",
+        "bounced",
+        "held",
+    }
 )
 #: System labels a caller may add or remove (DESIGN §7.4); ``read`` means "remove unread".
 USER_SETTABLE = frozenset({"unread", "spam", "trash", "archived"})

@@ -105,6 +105,10 @@ SELECT r.address, r.kind, r.owner_id, r.account_id, r.pod_id, r.state, r.domain,
 FROM routes r LEFT JOIN domains d ON d.name = r.domain
 WHERE r.address = ANY($1::text[])
 """
+SELECT_OUR_DOMAIN = """
+SELECT EXISTS (SELECT 1 FROM domains WHERE name = $1)
+    OR EXISTS (SELECT 1 FROM routes WHERE domain = $1)
+"""
 INSERT_SPOOL = """
 INSERT INTO spool (peer, helo, mail_from, recipients, raw) VALUES ($1, $2, $3, $4::jsonb, $5)
 RETURNING id
@@ -162,7 +166,8 @@ INSERT INTO message_refs (owner_id, rfc_message_id, thread_id)
 SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING
 """
 #: Adds one message to its thread's aggregates.
-TOUCH_THREAD = """
+TOUCH_THREAD = (
+    """
 UPDATE threads SET
     message_count = message_count + 1,
     last_message_at = now(),
@@ -174,7 +179,9 @@ UPDATE threads SET
     folder_id = coalesce($6, folder_id),
     updated_at = now()
 WHERE id = $1
-RETURNING """ + _THREAD_COLUMNS
+RETURNING """
+    + _THREAD_COLUMNS
+)
 INSERT_EVENT = """
 INSERT INTO events (id, account_id, pod_id, inbox_id, mailbox_id, type, data)
 VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
@@ -261,7 +268,8 @@ WHERE m.thread_id = $1
 
 def _reach_sql(reach: Reach, first: int) -> tuple[str, list[Any]]:
     """SQL conditions (``AND …``) and their arguments, numbered from ``$first``."""
-    parts, args = [], []
+    parts: list[str] = []
+    args: list[Any] = []
     if reach.pod_id is not None:
         args.append(reach.pod_id)
         parts.append(f" AND pod_id = ${first + len(args) - 1}")
@@ -291,6 +299,10 @@ class MailStore:
     async def routes(self, addresses: Sequence[str]) -> list[asyncpg.Record]:
         """Returns the route rows of ``addresses`` (lower case) with ``domain_ok``."""
         return list(await self._pool.fetch(SELECT_ROUTES, list(addresses)))
+
+    async def is_our_domain(self, domain: str) -> bool:
+        """Whether ``domain`` is a custom domain some account added (or routes to)."""
+        return bool(await self._pool.fetchval(SELECT_OUR_DOMAIN, domain))
 
     async def spool(
         self, peer: str, helo: str, mail_from: str, recipients: Sequence[Recipient], raw: bytes
@@ -410,8 +422,13 @@ class MailStore:
         )
         message = message_of(row, attachments)
         await self.record_event(
-            conn, owner, event_type, {"message": event_message(message), "thread": {
-                "id": thread_id, "messageCount": thread_row["message_count"]}}
+            conn,
+            owner,
+            event_type,
+            {
+                "message": event_message(message),
+                "thread": {"id": thread_id, "messageCount": thread_row["message_count"]},
+            },
         )
         return message
 
@@ -452,8 +469,13 @@ class MailStore:
         return metas
 
     async def record_event(
-        self, conn: asyncpg.Connection, owner: Owner | None, event_type: str, data: dict[str, Any],
-        *, account_id: str | None = None,
+        self,
+        conn: asyncpg.Connection,
+        owner: Owner | None,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        account_id: str | None = None,
     ) -> str:
         """Writes one event in the caller's transaction and wakes the long-polls
         (NOTIFY is delivered at commit); returns its ``evt_`` ID."""
@@ -607,7 +629,9 @@ class MailStore:
 
     async def thread_messages(self, thread_id: str) -> list[Message]:
         """A thread's messages with bodies, oldest first."""
-        messages = [message_of(r) for r in await self._pool.fetch(SELECT_THREAD_MESSAGES, thread_id)]
+        messages = [
+            message_of(r) for r in await self._pool.fetch(SELECT_THREAD_MESSAGES, thread_id)
+        ]
         await self._attach(messages)
         return messages
 

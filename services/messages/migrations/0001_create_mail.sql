@@ -18,6 +18,7 @@ CREATE TABLE routes (
     tombstone_until   timestamptz
 );
 CREATE INDEX routes_owner_idx ON routes (owner_id);
+CREATE INDEX routes_domain_idx ON routes (domain);
 CREATE INDEX routes_pending_idx ON routes (state_changed_at) WHERE state = 'pending';
 
 -- Custom domains as the domains service last reported them: the account that verified
@@ -45,6 +46,14 @@ CREATE TABLE spool (
     last_error       text
 );
 CREATE INDEX spool_due_idx ON spool (next_attempt_at);
+-- Wakes the ingest worker (LISTEN mailplane_spool) when a message is spooled.
+CREATE FUNCTION spool_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('mailplane_spool', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER spool_notify AFTER INSERT ON spool
+    FOR EACH STATEMENT EXECUTE FUNCTION spool_notify();
 
 -- Raw RFC 5322 bytes and attachment bytes, stored once by SHA-256.
 CREATE TABLE blobs (

@@ -1,0 +1,1 @@
+"""The messages service: the mail itself (DESIGN §7)."""

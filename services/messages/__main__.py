@@ -1,0 +1,82 @@
+"""``python -m services.messages serve|smtp|worker|migrate`` (DESIGN §7.1).
+
+- ``serve``: gRPC (messages, threads, address routes, events, webhooks).
+- ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``).
+- ``worker``: ingest of the spool (and, as they arrive, deliveries and webhooks).
+- ``migrate``: the schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+from services.chassis import db
+from services.chassis.config import Settings
+from services.chassis.logs import get_logger
+from services.chassis.server import service_main
+from services.messages.edge import serve_inbound
+from services.messages.ingest import Ingest
+from services.messages.server import MIGRATIONS, NAME, build
+from services.messages.store import MailStore
+
+_log = get_logger("mailplane.messages")
+
+
+async def _until_signal(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]]) -> None:
+    """Runs ``start()`` and waits for SIGTERM/SIGINT, then runs the stop it returned."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    finish = await start()
+    await stop.wait()
+    await finish()
+
+
+async def smtp(settings: Settings) -> None:
+    """The MX listener, until SIGTERM."""
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    host, port = settings.smtp_inbound_addr.rsplit(":", 1)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        server = await serve_inbound(
+            MailStore(pool),
+            settings.shared_domain,
+            host,
+            int(port),
+            settings.max_message_bytes,
+            settings.mail_host,
+        )
+
+        async def finish() -> None:
+            server.close()
+            await server.wait_closed()
+            await pool.close()
+
+        return finish
+
+    await _until_signal(start)
+
+
+async def worker(settings: Settings) -> None:
+    """The ingest worker, until SIGTERM."""
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        task = asyncio.create_task(Ingest(MailStore(pool)).run_forever(settings.service_dsn(NAME)))
+        _log.info("worker_started")
+
+        async def finish() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await pool.close()
+
+        return finish
+
+    await _until_signal(start)
+
+
+if __name__ == "__main__":
+    service_main(NAME, MIGRATIONS, build, {"smtp": smtp, "worker": worker})

@@ -1,0 +1,121 @@
+"""The ingest worker: spool → parsed, threaded, stored messages and their events
+(DESIGN §7.3; research/mailflow.md §5.4 step 2).
+
+A batch of due spool rows is locked with ``FOR UPDATE SKIP LOCKED`` (so several
+workers share the spool), each message is parsed once and stored once per
+owner, with its event, and its spool row deleted, all in one transaction. A
+message that fails is rolled back to its savepoint and retried later with a
+backoff; the rest of the batch commits. A crash leaves the spool rows locked by
+nobody, so they are taken again, and the per-owner dedupe
+``(owner, Message-ID, SHA-256)`` makes the re-run store nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from services.chassis.logs import get_logger
+from services.messages import mime
+from services.messages.store import MailStore, Spooled
+
+_log = get_logger("mailplane.ingest")
+#: Spool rows taken per transaction.
+BATCH = 20
+#: Seconds between polls when no NOTIFY arrives (a safety net; NOTIFY wakes it first).
+IDLE_POLL = 1.0
+
+#: Computes SPF/DKIM/DMARC of a message: ``(raw, client_ip, helo, mail_from) → results``.
+Authenticator = Callable[[bytes, str, str, str], Awaitable[dict[str, str]]]
+
+
+async def no_authentication(raw: bytes, ip: str, helo: str, mail_from: str) -> dict[str, str]:
+    """Results when sender authentication is not checked: ``none`` for all three."""
+    return {"spf": "none", "dkim": "none", "dmarc": "none"}
+
+
+def labels_of(authentication: dict[str, str]) -> tuple[list[str], str]:
+    """The arrival labels and the event type of an inbound message (DESIGN §7.3):
+    ``received``, ``unread``, plus ``unauthenticated`` when no check passed."""
+    labels = ["received", "unread"]
+    if "pass" not in authentication.values():
+        labels.append("unauthenticated")
+        return labels, "message.received.unauthenticated"
+    return labels, "message.received"
+
+
+class Ingest:
+    """Drains the spool into the store.
+
+    Args:
+        store: the mail store.
+        authenticate: the sender-authentication check.
+    """
+
+    def __init__(self, store: MailStore, authenticate: Authenticator = no_authentication):
+        self._store = store
+        self._authenticate = authenticate
+
+    async def run_once(self, limit: int = BATCH) -> int:
+        """Ingests up to ``limit`` due spool rows; returns how many were taken."""
+        async with self._store.pool.acquire() as conn, conn.transaction():
+            batch = await self._store.take(conn, limit)
+            failed: list[tuple[int, str]] = []
+            for spooled in batch:
+                try:
+                    async with conn.transaction():  # a savepoint per message
+                        await self._ingest(conn, spooled)
+                except (asyncpg.InterfaceError, OSError):
+                    raise  # the connection is gone: the whole batch is retried
+                except Exception as exc:  # one bad message must not block the spool
+                    _log.exception("ingest_failed", spool_id=spooled.id)
+                    failed.append((spooled.id, f"{type(exc).__name__}: {exc}"))
+        for spool_id, error in failed:
+            await self._store.retry_later(spool_id, error)
+        return len(batch)
+
+    async def _ingest(self, conn: asyncpg.Connection, spooled: Spooled) -> None:
+        parsed = mime.parse(spooled.raw)
+        authentication = await self._authenticate(
+            spooled.raw, spooled.peer, spooled.helo, spooled.mail_from
+        )
+        labels, event_type = labels_of(authentication)
+        for recipient in spooled.recipients:
+            await self._store.store_inbound(
+                conn,
+                recipient.owner,
+                parsed,
+                spooled.raw,
+                labels,
+                authentication,
+                None,
+                event_type,
+            )
+        await self._store.forget_spool(conn, spooled.id)
+
+    async def run_forever(self, listen_dsn: str) -> None:
+        """Ingests until cancelled, woken by ``NOTIFY mailplane_spool`` (and a poll
+        every ``IDLE_POLL`` seconds); survives database outages by retrying."""
+        wake = asyncio.Event()
+        listener: asyncpg.Connection | None = None
+        while True:
+            try:
+                if listener is None or listener.is_closed():
+                    listener = await asyncpg.connect(listen_dsn)
+                    await listener.add_listener("mailplane_spool", lambda *_: wake.set())
+                wake.clear()
+                if await self.run_once() == BATCH:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), IDLE_POLL)
+            except asyncio.CancelledError:
+                if listener is not None:
+                    await listener.close()
+                raise
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                _log.warning("ingest_waiting_for_database", exc_info=True)
+                listener = None
+                await asyncio.sleep(1.0)
