@@ -25,7 +25,7 @@ from gateway import codec, errors
 from gateway.caller import SECURITY, SECURITY_SCHEMES
 from gateway.front import Front
 from gateway.operations import Endpoint, Operation, endpoint, multicallable
-from gateway.routes import account, billing, domains, inboxes, mailboxes, pods
+from gateway.routes import account, billing, domains, inboxes, mailboxes, messages, pods
 from services.chassis.config import Settings
 from services.chassis.errors import CATALOG, Code
 from services.chassis.rpc import open_channel
@@ -37,6 +37,7 @@ OPERATIONS: tuple[Operation, ...] = (
     *inboxes.OPERATIONS,
     *domains.OPERATIONS,
     *mailboxes.OPERATIONS,
+    *messages.OPERATIONS,
 )
 #: The services the gateway composes: the settings' ``<name>_addr`` of each.
 SERVICES = ("pods", "inboxes", "domains", "mailboxes", "messages")
@@ -237,6 +238,9 @@ def _operation_document(op: Operation, components: dict[str, Any]) -> dict[str, 
         example=op.example,
         errors=op.errors,
     )
+    if op.media is not None:
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        document["responses"][str(op.status)]["content"] = {op.media_type: binary}
     if op.status_of is not None:
         document["responses"]["200"] = {
             "description": "The resource already existed (an idempotent retry).",

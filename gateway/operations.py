@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import orjson
 from google.protobuf import field_mask_pb2
-from google.protobuf.descriptor import Descriptor, MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from starlette.requests import Request
@@ -69,7 +69,11 @@ class Operation:
         status_of: the status decided by the response (an idempotent retry's 200).
         lift: a response field whose fields are shown at the top level, beside
             the response's other fields (``CreateInboxResponse.inbox``).
-        deleted: the answer is ``{"id": <the response's one field>, "deleted": true}``.
+        deleted: the answer is ``{"id": <the response's first field>, "deleted": true}``
+            plus the response's other fields.
+        media: the answer is not JSON but bytes: returns them and their media type
+            from the response (``message/rfc822`` of a raw message).
+        media_type: the media type the docs show for ``media`` answers.
         errors: the catalog codes the operation may answer, for the docs.
         example: an example of the success body, for the docs.
     """
@@ -94,6 +98,8 @@ class Operation:
     status_of: Callable[[Any], int] | None = None
     lift: str | None = None
     deleted: bool = False
+    media: Callable[[Any], tuple[bytes, str]] | None = None
+    media_type: str = "application/octet-stream"
     errors: tuple[Code, ...] = ()
     example: Json = None
 
@@ -113,10 +119,10 @@ class Operation:
 
     def render(self, response: Message) -> dict[str, Json]:
         """The REST body of a response message."""
-        if self.deleted:
-            (only,) = response.DESCRIPTOR.fields
-            return {"id": getattr(response, only.name), "deleted": True}
         body = codec.encode(response)
+        if self.deleted:  # the first field is the ID; others (a thread's `purged`) follow
+            first = response.DESCRIPTOR.fields[0]
+            return {"id": body.pop(first.json_name), "deleted": True, **body}
         if self.lift is not None:
             lifted = body.pop(codec.json_name_of(response.DESCRIPTOR, self.lift))
             body = {**lifted, **body}
@@ -135,8 +141,7 @@ class Operation:
         query = self._query(request)
         for parameter, name in self.query_fields.items():
             if parameter in query:
-                field_ = descriptor.fields_by_name[name]
-                setattr(message, name, codec.text_value(field_, query[parameter], parameter))
+                _set_query(message, descriptor.fields_by_name[name], request, query, parameter)
         if self.paged:
             setattr(message, _PAGE_SIZE, _page_limit(query.get("limit")))
             setattr(message, _PAGE_TOKEN, query.get("pageToken", ""))
@@ -176,6 +181,35 @@ class Operation:
             assert descriptor is not None
             paths = codec.mask_paths(body, descriptor, self.merge)
             getattr(message, self.mask).CopyFrom(field_mask_pb2.FieldMask(paths=paths))
+
+
+def _set_query(
+    message: Message,
+    field_: FieldDescriptor,
+    request: Request,
+    query: Mapping[str, str],
+    parameter: str,
+) -> None:
+    """Sets one request field from a query parameter: a repeated field takes every
+    occurrence and comma-separated values (``?labels=a,b&labels=c``); a
+    ``Timestamp`` takes RFC 3339; anything else one scalar.
+
+    Raises:
+        MailplaneError: ``invalid_argument`` naming the parameter.
+    """
+    name = field_.name
+    if field_.is_repeated:
+        values = [
+            part
+            for raw in (request.query_params.getlist(parameter) or [query[parameter]])
+            for part in raw.split(",")
+            if part
+        ]
+        getattr(message, name).extend(codec.text_value(field_, v, parameter) for v in values)
+    elif field_.type == FieldDescriptor.TYPE_MESSAGE:
+        getattr(message, name).CopyFrom(codec.timestamp_value(query[parameter], parameter))
+    else:
+        setattr(message, name, codec.text_value(field_, query[parameter], parameter))
 
 
 def pod_listing(listing: Operation, resources: str) -> Operation:
@@ -250,6 +284,9 @@ def endpoint(operation: Operation) -> Endpoint:
         invoke = request.app.state.calls[operation_id]
         response = await invoke(message, metadata=caller.metadata, timeout=caller.timeout)
         status = operation.status_of(response) if operation.status_of else operation.status
+        if operation.media is not None:
+            content, media_type = operation.media(response)
+            return Response(content, status_code=status, media_type=media_type)
         return json_response(operation.render(response), status)
 
     return handle
