@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -210,7 +210,7 @@ def service_main(
     name: str,
     migrations: Path,
     build: Callable[[Settings], Awaitable[ServiceProcess[Any]]],
-    processes: Mapping[str, Callable[[Settings], Awaitable[None]]] | None = None,
+    processes: Mapping[str, Callable[[Settings], Coroutine[Any, Any, None]]] | None = None,
 ) -> None:
     """The ``python -m services.<name> serve|migrate`` command of every service.
 

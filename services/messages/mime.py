@@ -145,11 +145,18 @@ def _one_line(value: str) -> str:
     return _SPACE.sub(" ", value).strip()
 
 
-def _body(message: EmailMessage, subtype: str) -> str | None:
+def _body_part(message: EmailMessage, subtype: str) -> Any:
     try:
-        part = message.get_body(preferencelist=(subtype,))
-        if part is None:
-            return None
+        return message.get_body(preferencelist=(subtype,))
+    except Exception:
+        return None
+
+
+def _body(message: EmailMessage, subtype: str) -> str | None:
+    part = _body_part(message, subtype)
+    if part is None:
+        return _fallback_text(message, subtype) if not message.is_multipart() else None
+    try:
         content = part.get_content()
     except Exception:
         return _fallback_text(message, subtype)
@@ -179,13 +186,25 @@ def _extract(text: str) -> str:
         return text.strip()
 
 
+def _leaves(part: Any) -> list[Any]:
+    """Every non-multipart part, in order; an attached message is one leaf."""
+    if part.is_multipart() and part.get_content_maintype() == "multipart":
+        return [leaf for child in part.get_payload() for leaf in _leaves(child)]
+    return [part]
+
+
 def _attachments(message: EmailMessage) -> list[Part]:
+    """Every part that is not the text or HTML body: attachments, inline images of
+    a multipart/related HTML body, attached messages."""
+    bodies = {id(p) for p in (_body_part(message, "plain"), _body_part(message, "html")) if p}
     parts = []
     try:
-        found: list[Any] = list(message.iter_attachments())
+        leaves = _leaves(message) if message.is_multipart() else []
     except Exception:
         return []
-    for part in found:
+    for part in leaves:
+        if id(part) in bodies:
+            continue
         try:
             payload = part.get_payload(decode=True)
         except Exception:

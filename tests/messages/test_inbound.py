@@ -4,7 +4,6 @@ the ingest worker, and reading through the real gateway and services."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -12,7 +11,6 @@ import aiosmtplib
 import asyncpg
 import httpx
 import pytest
-import pytest_asyncio
 
 from services.chassis.config import Settings
 from services.messages.edge import serve_inbound
@@ -21,29 +19,6 @@ from services.messages.store import MailStore
 from tests.conftest import Services, Tenant, free_port
 
 SHARED = "mailplane.test"
-
-
-@pytest_asyncio.fixture(scope="session")
-async def edge(services: Services, settings: Settings) -> AsyncIterator[tuple[str, int]]:
-    """The MX listener, in process, on the settings' inbound address."""
-    host, port = settings.smtp_inbound_addr.rsplit(":", 1)
-    server = await serve_inbound(
-        MailStore(services.messages.pool),
-        settings.shared_domain,
-        host,
-        int(port),
-        settings.max_message_bytes,
-        "mx.test",
-    )
-    yield host, int(port)
-    server.close()
-    await server.wait_closed()
-
-
-@pytest.fixture(scope="session")
-def ingest(services: Services) -> Ingest:
-    """The ingest worker, run step by step by the tests."""
-    return Ingest(MailStore(services.messages.pool))
 
 
 async def drain(ingest: Ingest) -> None:
