@@ -130,7 +130,7 @@ ALL_SCOPES = SCOPE_TYPES
 
 
 def authorize(access: Access | None, principal: Principal | None, request: object) -> None:
-    """Checks a call against its row of the authorization table (issue 11).
+    """Checks a call against its row of the authorization table.
 
     Args:
         access: the method's row; ``None`` when the table has none, which is
@@ -233,7 +233,7 @@ def acting_account(requested: str = "") -> str:
 def reaches(pod_id: str, kind: str | None = None, resource_id: str | None = None) -> bool:
     """Whether the caller's key reaches a resource in ``pod_id``: every account
     key does; a pod key in its pod; an inbox or mailbox key only the ``kind``
-    (``inbox``/``mailbox``) resource with an ID in its scope (issue 6). A resource
+    (``inbox``/``mailbox``) resource with an ID in its scope. A resource
     out of reach is answered as not found, never as forbidden."""
     principal = _principal.get()
     if principal is None or principal.operator or principal.scope_type == "account":

@@ -102,7 +102,7 @@ class PodsClient:
     async def revoke_scoped_keys(self, account_id: str, scope_type: str, resource_id: str) -> None:
         """Drops a deleted inbox or mailbox from ``account_id``'s key scopes; keys
         left with nothing in scope are revoked. Asked with the service credential:
-        only the service that deleted the resource may (issue 11). Raises
+        only the service that deleted the resource may. Raises
         ``unavailable``."""
         await call_peer(
             self._keys.RevokeScopedApiKeys,
@@ -164,7 +164,7 @@ class DomainsClient:
         deadline: seconds each call may take.
         internal_token: the service credential: whether a pod may use a domain is
             asked for the service, which has authorized its caller, since keys
-            scoped to an inbox or mailbox may not read domains (issue 11).
+            scoped to an inbox or mailbox may not read domains.
     """
 
     def __init__(self, channel: grpc.aio.Channel, deadline: float, internal_token: str):

@@ -62,7 +62,7 @@ def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
     return message
 
 
-#: Who may call each DomainService method (issues 6, 11): account and pod keys
+#: Who may call each DomainService method: account and pod keys
 #: manage domains (a pod key its pod's); inbox and mailbox keys see none; only
 #: account keys re-scope; counting is internal (the service credential, or an
 #: account-wide admin key for billing status); the service credential reads a
@@ -81,7 +81,7 @@ DOMAIN_ACCESS: dict[str, auth.Access] = {
 def _check_reach(domain: Domain, ref: str) -> None:
     """What ListDomains lists, GetDomain gets: every domain to account keys and
     the service credential; account-wide ones and its pod's to a pod key; none to
-    inbox and mailbox keys (issues 6, 11). Out of reach is not found."""
+    inbox and mailbox keys. Out of reach is not found."""
     principal = auth.current()
     if principal.operator or principal.scope_type == "account":
         return

@@ -22,7 +22,7 @@ from services.inboxes.service import InboxService, inbox_not_found
 #: (through the pods service).
 RevokeKeys = Callable[[str, str], Awaitable[None]]
 
-#: Who may call each InboxService method (issues 6, 11): inbox keys read and
+#: Who may call each InboxService method: inbox keys read and
 #: rename their inbox; creating, deleting and rotating need a pod or account
 #: key; counting is internal (the service credential, or an account-wide admin
 #: key for billing status); credential checks are the mail front's, with the
@@ -80,7 +80,7 @@ def credentials_to_pb(servers: MailServers, email: str, password: str) -> inboxe
 
 
 def _check_reach(inbox: Inbox) -> Inbox:
-    """``inbox`` if the caller's key reaches it, else ``inbox_not_found`` (issue 6)."""
+    """``inbox`` if the caller's key reaches it, else ``inbox_not_found``."""
     if not auth.reaches(inbox.pod_id, "inbox", inbox.id):
         raise inbox_not_found(inbox.id)
     return inbox

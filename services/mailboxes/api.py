@@ -25,7 +25,7 @@ _log = get_logger("mailplane.mailboxes")
 #: (through the pods service).
 RevokeKeys = Callable[[str, str], Awaitable[None]]
 
-#: Who may call each MailboxService method (issues 6, 11; DESIGN §4 Mailboxes):
+#: Who may call each MailboxService method (DESIGN §4 Mailboxes):
 #: mailbox keys work on their mailboxes, folders and rules; creating and cloning
 #: need a pod or account key; delete and clone need ``admin``; counting is
 #: internal (the service credential, or an account-wide admin key for billing
@@ -154,7 +154,7 @@ def _mailbox_changes(request: mailboxes_pb2.UpdateMailboxRequest) -> dict[str, A
 
 
 def _check_reach(mailbox: Mailbox) -> Mailbox:
-    """``mailbox`` if the caller's key reaches it, else ``mailbox_not_found`` (issue 6)."""
+    """``mailbox`` if the caller's key reaches it, else ``mailbox_not_found``."""
     if not auth.reaches(mailbox.pod_id, "mailbox", mailbox.id):
         raise mailbox_not_found(mailbox.id)
     return mailbox

@@ -109,7 +109,7 @@ def _optional(message: pods_pb2.Pod, field: str) -> str | None:
 
 
 #: Who may call each PodService method: pods are made, changed and deleted by
-#: account-wide keys only; a pod key reads its own pod (issue 6).
+#: account-wide keys only; a pod key reads its own pod.
 POD_ACCESS: dict[str, auth.Access] = {
     "CreatePod": auth.keys("write", "account"),
     "GetPod": auth.keys("read", *auth.ALL_SCOPES),
@@ -126,7 +126,7 @@ ACCOUNT_ACCESS: dict[str, auth.Access] = {
     "SetAccountState": auth.OPERATOR_ONLY,
 }
 #: Who may call each ApiKeyService method: keys are managed by account-wide keys
-#: with ``admin`` (issue 6); authenticating and revoking are calls between
+#: with ``admin``; authenticating and revoking are calls between
 #: services, with the service credential (DESIGN §2).
 API_KEY_ACCESS: dict[str, auth.Access] = {
     "CreateApiKey": auth.keys("admin", "account"),
