@@ -74,7 +74,7 @@ DOMAIN_ACCESS: dict[str, auth.Access] = {
     "UpdateDomain": auth.keys("write", "account"),
     "DeleteDomain": auth.keys("write", "account", "pod"),
     "VerifyDomain": auth.keys("write", "account", "pod"),
-    "CountDomains": auth.keys("admin", "account", operator=True),
+    "CountDomains": auth.keys("read", "account", operator=True),
 }
 
 

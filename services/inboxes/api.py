@@ -34,7 +34,7 @@ INBOX_ACCESS: dict[str, auth.Access] = {
     "UpdateInbox": auth.keys("write", *auth.ALL_SCOPES),
     "DeleteInbox": auth.keys("write", "account", "pod"),
     "RotateInboxCredentials": auth.keys("write", "account", "pod"),
-    "CountInboxes": auth.keys("admin", "account", operator=True),
+    "CountInboxes": auth.keys("read", "account", operator=True),
     "VerifyInboxCredentials": auth.OPERATOR_ONLY,
 }
 

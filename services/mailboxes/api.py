@@ -44,7 +44,7 @@ MAILBOX_ACCESS: dict[str, auth.Access] = {
     "ListRules": auth.keys("read", *auth.ALL_SCOPES),
     "UpdateRule": auth.keys("write", *auth.ALL_SCOPES),
     "DeleteRule": auth.keys("write", *auth.ALL_SCOPES),
-    "CountMailboxes": auth.keys("admin", "account", operator=True),
+    "CountMailboxes": auth.keys("read", "account", operator=True),
     "SetDomainReception": auth.OPERATOR_ONLY,
 }
 
