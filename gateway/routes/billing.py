@@ -2,7 +2,9 @@
 
 The plan, its limits and the state come from the pods service, which owns plans;
 the counts from the services that own inboxes, mailboxes and domains. The four
-calls run concurrently with the caller's key; any failing fails the route.
+calls run concurrently with the caller's key; any failing fails the route. The
+counts are account-wide, so only an account-wide key with ``read`` gets the
+status (a pod, inbox or mailbox key: 403 ``permission_denied``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from services.chassis.errors import MailplaneError
+from services.chassis.errors import MailplaneError, invalid_argument
 
 SECRET_PREFIX = "mp_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -87,64 +87,153 @@ def reset_principal(token: contextvars.Token[Principal | None]) -> None:
     _principal.reset(token)
 
 
-def require_account() -> str:
-    """Returns the calling account's ID.
+@dataclass(frozen=True)
+class Access:
+    """Who may call one RPC: a row of a service's authorization table.
+
+    Every RPC of every service has one row; the chassis interceptor enforces it
+    (``authorize``) before the servicer runs, and refuses an RPC without a row.
+    Which resource a key reaches (its pod, inbox or mailboxes) is the servicer's
+    check; this row decides whether the caller may call the method at all.
+
+    Attributes:
+        permission: what an API key needs (``read``, ``write`` or ``admin``);
+            ``None`` when no API key may call it.
+        scopes: the key scopes that may call it (``account``, ``pod``, ``inbox``,
+            ``mailbox``).
+        operator: whether the service credential may call it (DESIGN §2: work no
+            caller started, calls between services, operator commands).
+        pod_filter: the request field that filters by pod, if any. A pod filter is
+            outside the reach of an inbox or mailbox key, which reaches no pod as
+            such: it is answered ``pod_not_found``, as a pod key's filter naming
+            another pod is.
+    """
+
+    permission: str | None = None
+    scopes: frozenset[str] = frozenset()
+    operator: bool = False
+    pod_filter: str | None = None
+
+
+def keys(
+    permission: str, *scopes: str, operator: bool = False, pod_filter: str | None = None
+) -> Access:
+    """The row of an RPC that API keys of ``scopes`` with ``permission`` may call
+    (and the service credential too when ``operator``)."""
+    return Access(permission, frozenset(scopes), operator, pod_filter)
+
+
+#: The row of an RPC only the service credential may call.
+OPERATOR_ONLY = Access(operator=True)
+#: Every key scope, for RPCs whose resources decide what each key reaches.
+ALL_SCOPES = SCOPE_TYPES
+
+
+def authorize(access: Access | None, principal: Principal | None, request: object) -> None:
+    """Checks a call against its row of the authorization table.
+
+    Args:
+        access: the method's row; ``None`` when the table has none, which is
+            refused (fail closed).
+        principal: the caller; ``None`` when it sent no credential.
+        request: the request message, for the row's ``pod_filter``.
 
     Raises:
-        MailplaneError: ``unauthenticated`` when the call carries no account key.
+        MailplaneError: ``unauthenticated`` without a credential;
+            ``permission_denied`` for a method missing from the table, the service
+            credential where it may not call, a key of a scope or without the
+            permission the row needs; ``pod_not_found`` for a pod filter outside
+            an inbox or mailbox key's reach.
     """
-    principal = _principal.get()
-    if principal is None or principal.account_id is None:
+    if access is None:
+        raise MailplaneError(
+            "permission_denied", "This method has no authorization rule, so nobody may call it."
+        )
+    if principal is None:
         raise MailplaneError(
             "unauthenticated",
             "This call needs an API key: send `Authorization: Bearer <key>`.",
         )
-    return principal.account_id
-
-
-def require_permission(permission: str) -> Principal:
-    """Returns the calling account's principal if its key has ``permission``.
-
-    Raises:
-        MailplaneError: ``unauthenticated`` without an account key;
-            ``permission_denied`` when the key lacks the permission (issue 6).
-    """
-    require_account()
-    principal = _principal.get()
-    assert principal is not None
-    if permission not in principal.permissions:
+    if principal.operator:
+        if not access.operator:
+            raise MailplaneError(
+                "permission_denied",
+                "The service credential cannot call this method: it acts for an API key.",
+            )
+        return
+    if access.permission is None:
         raise MailplaneError(
             "permission_denied",
-            f"This API key lacks the {permission!r} permission; use a key that has it.",
-            {"permission": permission},
+            "Only the operator may do this: use mailplane-admin with the service credential.",
         )
-    return principal
-
-
-def require_scope(*scope_types: str) -> Principal:
-    """Returns the calling account's principal if its key's scope is one of
-    ``scope_types`` (e.g. only account keys manage keys).
-
-    Raises:
-        MailplaneError: ``unauthenticated``; ``permission_denied``.
-    """
-    require_account()
-    principal = _principal.get()
-    assert principal is not None
-    if principal.scope_type not in scope_types:
+    if principal.scope_type not in access.scopes:
+        wanted = " or a ".join(s for s in SCOPE_TYPES if s in access.scopes)
         raise MailplaneError(
             "permission_denied",
             f"A {principal.scope_type}-scoped API key cannot do this; it needs a key "
-            f"scoped to the {' or a '.join(scope_types)}.",
+            f"scoped to the {wanted}.",
             {"scope": principal.scope_type},
         )
+    if access.permission not in principal.permissions:
+        raise MailplaneError(
+            "permission_denied",
+            f"This API key lacks the {access.permission!r} permission; use a key that has it.",
+            {"permission": access.permission},
+        )
+    if access.pod_filter and principal.scope_type in ("inbox", "mailbox"):
+        pod_ref = getattr(request, access.pod_filter, "")
+        if pod_ref:
+            raise MailplaneError(
+                "pod_not_found",
+                f"No pod {pod_ref!r} within this {principal.scope_type}-scoped key's reach; "
+                "leave the pod filter out.",
+                {"podId": pod_ref},
+            )
+
+
+def current() -> Principal:
+    """Returns the caller's principal (the interceptor has authorized it).
+
+    Raises:
+        MailplaneError: ``unauthenticated`` when the call carries no credential.
+    """
+    principal = _principal.get()
+    if principal is None:
+        raise MailplaneError(
+            "unauthenticated",
+            "This call needs an API key: send `Authorization: Bearer <key>`.",
+        )
     return principal
+
+
+def acting_account(requested: str = "") -> str:
+    """Returns the ID of the account the RPC acts on: an API key's own account;
+    for the service credential, the request's ``account_id``.
+
+    Args:
+        requested: the request's ``account_id`` field; empty means the key's own.
+
+    Raises:
+        MailplaneError: ``unauthenticated``; ``invalid_argument`` (``account_id``)
+            for the service credential without an account; ``account_not_found``
+            when a key names another account than its own.
+    """
+    principal = current()
+    if principal.account_id is None:
+        if not requested:
+            raise invalid_argument(
+                "account_id", "is required with the service credential: name the account."
+            )
+        return requested
+    if requested and requested != principal.account_id:
+        raise MailplaneError("account_not_found", f"No account {requested!r} for this key.")
+    return principal.account_id
 
 
 def reaches(pod_id: str, kind: str | None = None, resource_id: str | None = None) -> bool:
     """Whether the caller's key reaches a resource in ``pod_id``: every account
     key does; a pod key in its pod; an inbox or mailbox key only the ``kind``
-    (``inbox``/``mailbox``) resource with an ID in its scope (issue 6). A resource
+    (``inbox``/``mailbox``) resource with an ID in its scope. A resource
     out of reach is answered as not found, never as forbidden."""
     principal = _principal.get()
     if principal is None or principal.operator or principal.scope_type == "account":
@@ -152,24 +241,6 @@ def reaches(pod_id: str, kind: str | None = None, resource_id: str | None = None
     if principal.scope_type == "pod":
         return principal.pod_id == pod_id
     return principal.scope_type == kind and resource_id in principal.scope_ids
-
-
-def current() -> Principal:
-    """Returns the calling account's principal. Raises ``unauthenticated``."""
-    require_account()
-    principal = _principal.get()
-    assert principal is not None
-    return principal
-
-
-def require_operator() -> None:
-    """Raises ``permission_denied`` unless the caller holds the service credential."""
-    principal = _principal.get()
-    if principal is None or not principal.operator:
-        raise MailplaneError(
-            "permission_denied",
-            "Only the operator may do this: use mailplane-admin with the service credential.",
-        )
 
 
 def _base62(value: int, width: int) -> str:

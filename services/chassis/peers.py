@@ -3,7 +3,9 @@ their resources in a pod and on a domain (domains, inboxes, mailboxes).
 
 Each call forwards the caller's credentials (so the peer answers for the caller's
 account only) and has a deadline; failures arrive as catalog errors,
-``unavailable`` when the peer cannot be reached (DESIGN §2, §3).
+``unavailable`` when the peer cannot be reached (DESIGN §2, §3). The internal
+questions (revoking a deleted resource's keys, whether a pod may use a domain)
+are asked with the service credential and the account's ID instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import grpc
 from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
+from services.chassis import auth
 from services.chassis.errors import MailplaneError
 from services.chassis.rpc import call_peer
 
@@ -56,13 +59,15 @@ class PodsClient:
     Args:
         channel: the process's one channel to the pods service.
         deadline: seconds each call may take.
+        internal_token: the service credential, for revoking keys.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+    def __init__(self, channel: grpc.aio.Channel, deadline: float, internal_token: str):
         self._pods = pods_pb2_grpc.PodServiceStub(channel)
         self._accounts = pods_pb2_grpc.AccountServiceStub(channel)
         self._keys = pods_pb2_grpc.ApiKeyServiceStub(channel)
         self._deadline = deadline
+        self._operator = ((auth.INTERNAL_TOKEN_METADATA, internal_token),)
 
     async def get_pod(self, ref: str) -> PodRef:
         """Resolves a pod ID or clientId. Raises ``pod_not_found`` or ``unavailable``."""
@@ -94,9 +99,11 @@ class PodsClient:
         pod = page.pods[0]  # the default pod is listed first and is never deleted
         return PodRef(id=pod.id, name=pod.name if pod.HasField("name") else None, deleting=False)
 
-    async def revoke_scoped_keys(self, scope_type: str, resource_id: str) -> None:
-        """Drops a deleted inbox or mailbox from the caller's account's key scopes;
-        keys left with nothing in scope are revoked. Raises ``unavailable``."""
+    async def revoke_scoped_keys(self, account_id: str, scope_type: str, resource_id: str) -> None:
+        """Drops a deleted inbox or mailbox from ``account_id``'s key scopes; keys
+        left with nothing in scope are revoked. Asked with the service credential:
+        only the service that deleted the resource may. Raises
+        ``unavailable``."""
         await call_peer(
             self._keys.RevokeScopedApiKeys,
             pods_pb2.RevokeScopedApiKeysRequest(
@@ -104,8 +111,10 @@ class PodsClient:
                 if scope_type == "inbox"
                 else pods_pb2.SCOPE_TYPE_MAILBOX,
                 resource_id=resource_id,
+                account_id=account_id,
             ),
             deadline=self._deadline,
+            metadata=self._operator,
         )
 
     async def get_account(self) -> AccountStanding:
@@ -153,16 +162,24 @@ class DomainsClient:
     Args:
         channel: the process's one channel to the domains service.
         deadline: seconds each call may take.
+        internal_token: the service credential: whether a pod may use a domain is
+            asked for the service, which has authorized its caller, since keys
+            scoped to an inbox or mailbox may not read domains.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+    def __init__(self, channel: grpc.aio.Channel, deadline: float, internal_token: str):
         self._domains = domains_pb2_grpc.DomainServiceStub(channel)
         self._deadline = deadline
+        self._operator = ((auth.INTERNAL_TOKEN_METADATA, internal_token),)
 
-    async def usable_by(self, name: str, pod_id: str, *, verified: bool = True) -> DomainRef:
-        """Returns the caller's domain ``name`` if the pod may use it: account-wide
+    async def usable_by(
+        self, account_id: str, name: str, pod_id: str, *, verified: bool = True
+    ) -> DomainRef:
+        """Returns the account's domain ``name`` if the pod may use it: account-wide
         or scoped to that pod, no delete or re-scope elsewhere in flight, and
-        verified unless ``verified`` is false (DESIGN §4 Inboxes; seed 001).
+        verified unless ``verified`` is false (DESIGN §4 Inboxes; seed 001). A
+        domain of another pod is ``domain_pod_mismatch`` to an account-wide key
+        and not found to a scoped key, which may not see it.
 
         Called before a child is committed pending and again after (DESIGN §3),
         so a racing re-scope or delete is seen by one side or the other.
@@ -173,8 +190,9 @@ class DomainsClient:
         """
         message = await call_peer(
             self._domains.GetDomain,
-            domains_pb2.GetDomainRequest(domain_id=name),
+            domains_pb2.GetDomainRequest(domain_id=name, account_id=account_id),
             deadline=self._deadline,
+            metadata=self._operator,
         )
         domain = DomainRef(
             id=message.id,
@@ -186,6 +204,12 @@ class DomainsClient:
         if message.state == domains_pb2.DOMAIN_STATE_DELETING:
             raise domain_busy(domain.name)
         if domain.pod_id not in (None, pod_id):
+            caller = auth.current_principal()
+            if caller is not None and caller.scope_type != "account":
+                raise MailplaneError(  # as the domains service answers what a key cannot see
+                    "domain_not_found",
+                    f"No domain {name!r} in this account; list domains to find it.",
+                )
             raise MailplaneError(
                 "domain_pod_mismatch",
                 f"{domain.name} is scoped to pod {domain.pod_id}, not {pod_id}; use it from "

@@ -2,8 +2,10 @@
 logs and maps errors, and the client side of calls to peer services.
 
 The interceptor wraps every unary method except health and reflection. For each
-RPC it reads the caller's credentials from metadata, sets the principal that
-servicers read with ``auth.current_principal()``, turns a ``MailplaneError`` into a
+RPC it reads the caller's credentials from metadata, checks them against the
+method's row of the service's authorization table (``auth.Access``; a method
+without a row is refused), sets the principal that servicers read with
+``auth.current()``, turns a ``MailplaneError`` into a
 status with ``google.rpc.ErrorInfo`` (AIP-193), turns anything unexpected into
 ``INTERNAL`` without leaking it, and logs one canonical line: method, code,
 duration_ms, account_id, request_id.
@@ -15,7 +17,7 @@ import contextvars
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -108,6 +110,8 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         service: the service's name, logged with each line.
         authenticate: resolves an API-key secret to a ``Principal`` (a ``KeyCache``).
         internal_token: the service credential, compared in constant time.
+        access: the authorization table: each method's full name
+            (``/mailplane.pods.v1.PodService/GetPod``) → who may call it.
     """
 
     def __init__(
@@ -115,8 +119,10 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         service: str,
         authenticate: Callable[[str], Awaitable[auth.Principal]],
         internal_token: str,
+        access: Mapping[str, auth.Access],
     ):
         self._service = service
+        self._access = dict(access)
         self._authenticate = authenticate
         self._internal_token = internal_token.encode()
         #: The wrapped handler of each method, built on its first call: the
@@ -141,6 +147,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Returns ``handler`` with authentication, error mapping and the log line."""
         inner: Handler = handler.unary_unary
+        access = self._access.get(method)
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -153,6 +160,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 principal = await self._principal(metadata)
                 account_id = principal.account_id if principal else None
+                auth.authorize(access, principal, request)
                 tokens.append(_forwarded.set(self._to_forward(metadata)))
                 principal_token = auth.set_principal(principal)
                 try:

@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.chassis import db, logs
-from services.chassis.auth import KeyCache, Principal
+from services.chassis.auth import Access, KeyCache, Principal
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
 from services.chassis.rpc import ChassisInterceptor, pods_key_resolver
@@ -35,11 +35,14 @@ HEALTH_PROBE_SECONDS = 2.0
 @dataclass(frozen=True)
 class Servicer:
     """One gRPC service to mount: its generated ``add_…_to_server`` function, the
-    servicer instance, and its full name (``mailplane.pods.v1.PodService``)."""
+    servicer instance, its full name (``mailplane.pods.v1.PodService``) and its
+    authorization table (method name → ``Access``; a method without a row is
+    refused)."""
 
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     instance: Any
     full_name: str
+    access: Mapping[str, Access]
 
 
 class GrpcService:
@@ -74,8 +77,11 @@ class GrpcService:
         self._sweep_interval = sweep_interval
         #: grpcio-health-checking's servicer: SERVING only while the database answers.
         self.health = health.aio.HealthServicer()
+        access = {
+            f"/{s.full_name}/{method}": rule for s in servicers for method, rule in s.access.items()
+        }
         self._server = grpc.aio.server(
-            interceptors=[ChassisInterceptor(name, authenticate, internal_token)],
+            interceptors=[ChassisInterceptor(name, authenticate, internal_token, access)],
             options=[("grpc.so_reuseport", 0)],
         )
         self._tasks: list[asyncio.Task[None]] = []

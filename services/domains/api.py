@@ -1,4 +1,8 @@
-"""The domains service's servicer: protobuf ↔ models and the caller's identity."""
+"""The domains service's servicer: protobuf ↔ models and the caller's identity.
+
+Who may call each method is ``DOMAIN_ACCESS``, enforced by the chassis
+interceptor; which domains a key sees is checked here (``_check_reach``), the same
+for one domain as for the list."""
 
 from __future__ import annotations
 
@@ -58,13 +62,30 @@ def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
     return message
 
 
+#: Who may call each DomainService method: account and pod keys
+#: manage domains (a pod key its pod's); inbox and mailbox keys see none; only
+#: account keys re-scope; counting is internal (the service credential, or an
+#: account-wide admin key for billing status); the service credential reads a
+#: domain for the inboxes and mailboxes services ("may this pod use it").
+DOMAIN_ACCESS: dict[str, auth.Access] = {
+    "CreateDomain": auth.keys("write", "account", "pod"),
+    "GetDomain": auth.keys("read", *auth.ALL_SCOPES, operator=True),
+    "ListDomains": auth.keys("read", *auth.ALL_SCOPES, pod_filter="pod_id"),
+    "UpdateDomain": auth.keys("write", "account"),
+    "DeleteDomain": auth.keys("write", "account", "pod"),
+    "VerifyDomain": auth.keys("write", "account", "pod"),
+    "CountDomains": auth.keys("read", "account", operator=True),
+}
+
+
 def _check_reach(domain: Domain, ref: str) -> None:
-    """Account-wide domains are visible to every pod key; a pod-scoped one only
-    to its pod's; inbox keys see none (issue 6). Out of reach is not found."""
+    """What ListDomains lists, GetDomain gets: every domain to account keys and
+    the service credential; account-wide ones and its pod's to a pod key; none to
+    inbox and mailbox keys. Out of reach is not found."""
     principal = auth.current()
-    if principal.scope_type in ("account", "mailbox"):
+    if principal.operator or principal.scope_type == "account":
         return
-    if principal.scope_type == "inbox" or domain.pod_id not in (None, principal.pod_id):
+    if principal.scope_type != "pod" or domain.pod_id not in (None, principal.pod_id):
         raise domain_not_found(ref)
 
 
@@ -78,24 +99,23 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
         """The caller's account if its key may change domain ``ref``: account keys
         any (the service answers not found itself, so no lookup here); pod keys
         their pod's (an account-wide one is read-only to them)."""
-        principal = auth.require_permission("write")
-        auth.require_scope("account", "pod")
+        principal = auth.current()
+        account_id = auth.acting_account()
         if principal.scope_type == "account":
-            return principal.account_id or ""
-        domain = await self._service.get(principal.account_id or "", ref)
+            return account_id
+        domain = await self._service.get(account_id, ref)
         _check_reach(domain, ref)
         if domain.pod_id is None:
             raise MailplaneError(
                 "permission_denied",
                 f"{domain.name} is account-wide: a pod-scoped key can read it, not change it.",
             )
-        return principal.account_id or ""
+        return account_id
 
     async def CreateDomain(
         self, request: domains_pb2.CreateDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.Domain:
-        principal = auth.require_permission("write")
-        auth.require_scope("account", "pod")
+        principal = auth.current()
         pod = request.domain.pod_id if request.domain.HasField("pod_id") else None
         if principal.scope_type == "pod" and pod is None:
             raise MailplaneError(
@@ -103,27 +123,26 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
                 "A pod-scoped key adds only domains scoped to its pod; send its podId.",
             )
         return domain_to_pb(
-            await self._service.create(principal.account_id or "", request.domain.name, pod)
+            await self._service.create(auth.acting_account(), request.domain.name, pod)
         )
 
     async def GetDomain(
         self, request: domains_pb2.GetDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.Domain:
-        principal = auth.require_permission("read")
-        domain = await self._service.get(principal.account_id or "", request.domain_id)
-        if principal.scope_type != "mailbox":  # mailbox keys read domains to move addresses
-            _check_reach(domain, request.domain_id)
+        account_id = auth.acting_account(request.account_id)
+        domain = await self._service.get(account_id, request.domain_id)
+        _check_reach(domain, request.domain_id)
         return domain_to_pb(domain)
 
     async def ListDomains(
         self, request: domains_pb2.ListDomainsRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.ListDomainsResponse:
-        principal = auth.require_permission("read")
+        principal = auth.current()
         if principal.scope_type in ("inbox", "mailbox"):
             return domains_pb2.ListDomainsResponse()
         status = _STATUS_FROM_PB.get(request.status)
         domains, token = await self._service.list_domains(
-            principal.account_id or "",
+            auth.acting_account(),
             request.pod_id or None,
             status,
             request.page_size,
@@ -137,8 +156,7 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
     async def UpdateDomain(
         self, request: domains_pb2.UpdateDomainRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.Domain:
-        auth.require_scope("account")
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         if list(request.update_mask.paths) != ["pod_id"]:
             raise invalid_argument(
                 "update_mask", "must be exactly `pod_id`: only the scope changes."
@@ -162,6 +180,6 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
     async def CountDomains(
         self, request: domains_pb2.CountDomainsRequest, context: grpc.aio.ServicerContext
     ) -> domains_pb2.CountDomainsResponse:
-        account_id = auth.require_scope("account", "pod").account_id or ""
+        account_id = auth.acting_account(request.account_id)
         count = await self._service.count_domains(account_id, request.pod_id or None)
         return domains_pb2.CountDomainsResponse(domains=count)

@@ -1,8 +1,9 @@
 """The domains service's typed clients of the services that use domains (inboxes,
 mailboxes): how many of their resources use a domain, for DESIGN §3's parent
 side of a domain delete or re-scope, and the news that a domain's reception
-changed, for mailbox status (seed 004). Every call forwards the caller's
-credentials and has a deadline."""
+changed, for mailbox status (seed 004). Every call carries the service
+credential and the account's ID (these RPCs are internal: DESIGN §2; the
+domains service has authorized its caller) and has a deadline."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ class InboxUserCounter:
     Args:
         channel: the process's one channel to the inboxes service.
         deadline: seconds the call may take.
+        internal_token: the service credential.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, deadline: float):
+    def __init__(self, channel: grpc.aio.Channel, deadline: float, internal_token: str):
         self._stub = inboxes_pb2_grpc.InboxServiceStub(channel)
         self._deadline = deadline
+        self._operator = ((INTERNAL_TOKEN_METADATA, internal_token),)
 
     async def __call__(
         self, account_id: str, domain: str, outside_pod_id: str | None
@@ -35,8 +38,11 @@ class InboxUserCounter:
         """
         reply = await call_peer(
             self._stub.CountInboxes,
-            inboxes_pb2.CountInboxesRequest(domain=domain, outside_pod_id=outside_pod_id or ""),
+            inboxes_pb2.CountInboxesRequest(
+                domain=domain, outside_pod_id=outside_pod_id or "", account_id=account_id
+            ),
             deadline=self._deadline,
+            metadata=self._operator,
         )
         return {"inboxes": reply.inboxes}
 
@@ -48,8 +54,7 @@ class MailboxUserCounter:
     Args:
         channel: the process's one channel to the mailboxes service.
         deadline: seconds each call may take.
-        internal_token: the service credential, for the reception news (work no
-            caller started; DESIGN §2).
+        internal_token: the service credential.
     """
 
     def __init__(self, channel: grpc.aio.Channel, deadline: float, internal_token: str):
@@ -66,8 +71,11 @@ class MailboxUserCounter:
         """
         reply = await call_peer(
             self._stub.CountMailboxes,
-            mailboxes_pb2.CountMailboxesRequest(domain=domain, outside_pod_id=outside_pod_id or ""),
+            mailboxes_pb2.CountMailboxesRequest(
+                domain=domain, outside_pod_id=outside_pod_id or "", account_id=account_id
+            ),
             deadline=self._deadline,
+            metadata=self._operator,
         )
         return {"mailboxes": reply.mailboxes}
 

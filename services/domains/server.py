@@ -12,7 +12,7 @@ from services.chassis.config import Settings
 from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
-from services.domains.api import DomainServicer
+from services.domains.api import DOMAIN_ACCESS, DomainServicer
 from services.domains.clients import InboxUserCounter, MailboxUserCounter
 from services.domains.records import MailTargets
 from services.domains.resolver import DnsLookup
@@ -45,14 +45,13 @@ async def build(settings: Settings) -> DomainsProcess:
     pods_channel = open_channel(settings.pods_addr)
     inboxes_channel = open_channel(settings.inboxes_addr)
     mailboxes_channel = open_channel(settings.mailboxes_addr)
+    internal_token = settings.internal_token.get_secret_value()
     mailboxes = MailboxUserCounter(
-        mailboxes_channel,
-        settings.peer_deadline_seconds,
-        settings.internal_token.get_secret_value(),
+        mailboxes_channel, settings.peer_deadline_seconds, internal_token
     )
     service = DomainService(
         DomainStore(pool),
-        PodsClient(pods_channel, settings.peer_deadline_seconds),
+        PodsClient(pods_channel, settings.peer_deadline_seconds, internal_token),
         DnsLookup(settings.dns_nameservers, settings.dns_timeout_seconds),
         cipher,
         DomainSettings(
@@ -60,7 +59,7 @@ async def build(settings: Settings) -> DomainsProcess:
             targets=MailTargets(settings.mail_host, settings.mx_priority, settings.spf_include),
         ),
         user_counters=(
-            InboxUserCounter(inboxes_channel, settings.peer_deadline_seconds),
+            InboxUserCounter(inboxes_channel, settings.peer_deadline_seconds, internal_token),
             mailboxes,
         ),
         reception_listeners=(mailboxes.reception_changed,),
@@ -78,6 +77,7 @@ async def build(settings: Settings) -> DomainsProcess:
             domains_pb2_grpc.add_DomainServiceServicer_to_server,
             DomainServicer(service),
             SERVICE_NAME,
+            DOMAIN_ACCESS,
         ),
         sweep,
     )

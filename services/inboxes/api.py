@@ -1,4 +1,7 @@
-"""The inboxes service's servicer: protobuf ↔ models and the caller's identity."""
+"""The inboxes service's servicer: protobuf ↔ models and the caller's identity.
+
+Who may call each method is ``INBOX_ACCESS``, enforced by the chassis
+interceptor; which inboxes a key reaches is checked here."""
 
 from __future__ import annotations
 
@@ -9,13 +12,31 @@ from google.protobuf import timestamp_pb2
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
 
 from services.chassis import auth
+from services.chassis.addresses import domain_key
 from services.chassis.errors import invalid_argument
 from services.inboxes.credentials import MailServers
 from services.inboxes.models import Inbox
 from services.inboxes.service import InboxService, inbox_not_found
 
-#: Revokes the keys scoped to a deleted inbox (through the pods service).
-RevokeKeys = Callable[[str], Awaitable[None]]
+#: Revokes the keys scoped to a deleted inbox: ``(account_id, inbox_id)``
+#: (through the pods service).
+RevokeKeys = Callable[[str, str], Awaitable[None]]
+
+#: Who may call each InboxService method: inbox keys read and
+#: rename their inbox; creating, deleting and rotating need a pod or account
+#: key; counting is internal (the service credential, or an account-wide admin
+#: key for billing status); credential checks are the mail front's, with the
+#: service credential.
+INBOX_ACCESS: dict[str, auth.Access] = {
+    "CreateInbox": auth.keys("write", "account", "pod"),
+    "GetInbox": auth.keys("read", *auth.ALL_SCOPES),
+    "ListInboxes": auth.keys("read", *auth.ALL_SCOPES, pod_filter="pod_id"),
+    "UpdateInbox": auth.keys("write", *auth.ALL_SCOPES),
+    "DeleteInbox": auth.keys("write", "account", "pod"),
+    "RotateInboxCredentials": auth.keys("write", "account", "pod"),
+    "CountInboxes": auth.keys("read", "account", operator=True),
+    "VerifyInboxCredentials": auth.OPERATOR_ONLY,
+}
 
 
 def inbox_to_pb(inbox: Inbox) -> inboxes_pb2.Inbox:
@@ -59,7 +80,7 @@ def credentials_to_pb(servers: MailServers, email: str, password: str) -> inboxe
 
 
 def _check_reach(inbox: Inbox) -> Inbox:
-    """``inbox`` if the caller's key reaches it, else ``inbox_not_found`` (issue 6)."""
+    """``inbox`` if the caller's key reaches it, else ``inbox_not_found``."""
     if not auth.reaches(inbox.pod_id, "inbox", inbox.id):
         raise inbox_not_found(inbox.id)
     return inbox
@@ -82,8 +103,7 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def CreateInbox(
         self, request: inboxes_pb2.CreateInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.CreateInboxResponse:
-        account_id = auth.require_permission("write").account_id or ""
-        auth.require_scope("account", "pod")  # a pod key's pod is enforced by the pods service
+        account_id = auth.acting_account()  # a pod key's pod is enforced by the pods service
         wanted = request.inbox
         created = await self._service.create(
             account_id,
@@ -105,19 +125,21 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def GetInbox(
         self, request: inboxes_pb2.GetInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.Inbox:
-        account_id = auth.require_permission("read").account_id or ""
+        account_id = auth.acting_account()
         return inbox_to_pb(_check_reach(await self._service.get(account_id, request.inbox_id)))
 
     async def ListInboxes(
         self, request: inboxes_pb2.ListInboxesRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.ListInboxesResponse:
-        principal = auth.require_permission("read")
-        account_id = principal.account_id or ""
+        principal = auth.current()
+        account_id = auth.acting_account()
         if principal.scope_type in ("inbox", "mailbox"):  # only the key's own inbox
             own = [
-                await self._service.get(account_id, inbox_id)
+                inbox
                 for inbox_id in principal.scope_ids
                 if principal.scope_type == "inbox"
+                for inbox in [await self._service.get(account_id, inbox_id)]
+                if not request.domain or inbox.domain == domain_key(request.domain)
             ]
             return inboxes_pb2.ListInboxesResponse(inboxes=[inbox_to_pb(i) for i in own])
         inboxes, token = await self._service.list_inboxes(
@@ -134,7 +156,7 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def UpdateInbox(
         self, request: inboxes_pb2.UpdateInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.Inbox:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.inbox_id)
         paths = list(request.update_mask.paths)
         if not paths:  # nothing to change (an empty PATCH): the inbox as it is
@@ -151,10 +173,9 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def DeleteInbox(
         self, request: inboxes_pb2.DeleteInboxRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.DeleteInboxResponse:
-        account_id = auth.require_permission("write").account_id or ""
-        auth.require_scope("account", "pod")
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.inbox_id)
-        await self._revoke_keys(request.inbox_id)  # first: a failure leaves the inbox
+        await self._revoke_keys(account_id, request.inbox_id)  # first: a failure leaves the inbox
         inbox_id = await self._service.delete(account_id, request.inbox_id)
         return inboxes_pb2.DeleteInboxResponse(inbox_id=inbox_id)
 
@@ -163,8 +184,7 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
         request: inboxes_pb2.RotateInboxCredentialsRequest,
         context: grpc.aio.ServicerContext,
     ) -> inboxes_pb2.RotateInboxCredentialsResponse:
-        account_id = auth.require_permission("write").account_id or ""
-        auth.require_scope("account", "pod")
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.inbox_id)
         inbox, password = await self._service.rotate_credentials(account_id, request.inbox_id)
         return inboxes_pb2.RotateInboxCredentialsResponse(
@@ -175,7 +195,7 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
     async def CountInboxes(
         self, request: inboxes_pb2.CountInboxesRequest, context: grpc.aio.ServicerContext
     ) -> inboxes_pb2.CountInboxesResponse:
-        account_id = auth.require_scope("account", "pod").account_id or ""
+        account_id = auth.acting_account(request.account_id)
         count = await self._service.count(
             account_id,
             request.pod_id or None,
@@ -189,7 +209,6 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
         request: inboxes_pb2.VerifyInboxCredentialsRequest,
         context: grpc.aio.ServicerContext,
     ) -> inboxes_pb2.VerifyInboxCredentialsResponse:
-        auth.require_operator()
         inbox_id, account_id, pod_id = await self._service.verify_login(
             request.username, request.password
         )

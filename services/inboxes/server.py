@@ -11,7 +11,7 @@ from services.chassis.config import Settings
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
-from services.inboxes.api import InboxServicer
+from services.inboxes.api import INBOX_ACCESS, InboxServicer
 from services.inboxes.credentials import CredentialHasher, MailServers
 from services.inboxes.service import InboxService, InboxSettings
 from services.inboxes.store import InboxStore
@@ -31,15 +31,16 @@ async def build(settings: Settings) -> InboxesProcess:
     pods_channel = open_channel(settings.pods_addr)
     domains_channel = open_channel(settings.domains_addr)
     deadline = settings.peer_deadline_seconds
-    pods = PodsClient(pods_channel, deadline)
+    internal_token = settings.internal_token.get_secret_value()
+    pods = PodsClient(pods_channel, deadline, internal_token)
 
-    async def revoke_keys(inbox_id: str) -> None:
-        await pods.revoke_scoped_keys("inbox", inbox_id)
+    async def revoke_keys(account_id: str, inbox_id: str) -> None:
+        await pods.revoke_scoped_keys(account_id, "inbox", inbox_id)
 
     service = InboxService(
         InboxStore(pool),
         pods,
-        DomainsClient(domains_channel, deadline),
+        DomainsClient(domains_channel, deadline, internal_token),
         InboxSettings(
             shared_domain=settings.shared_domain,
             servers=MailServers(
@@ -62,6 +63,7 @@ async def build(settings: Settings) -> InboxesProcess:
             inboxes_pb2_grpc.add_InboxServiceServicer_to_server,
             InboxServicer(service, revoke_keys),
             SERVICE_NAME,
+            INBOX_ACCESS,
         ),
         sweep,
     )

@@ -132,7 +132,7 @@ class InboxService:
         pod = await (self._pods.live_pod(pod_ref) if pod_ref else self._pods.default_pod())
         custom = self._custom_domain(domain)
         if custom is not None:
-            domain_name = (await self._domains.usable_by(custom, pod.id)).name
+            domain_name = (await self._domains.usable_by(account_id, custom, pod.id)).name
         else:
             domain_name = self._config.shared_domain
         base = requested or addresses.generated_username(display_name, pod.name)
@@ -236,7 +236,7 @@ class InboxService:
         try:
             checks: list[Awaitable[object]] = [self._pods.live_pod(inbox.pod_id)]
             if custom:
-                checks.append(self._domains.usable_by(inbox.domain, inbox.pod_id))
+                checks.append(self._domains.usable_by(account_id, inbox.domain, inbox.pod_id))
             await asyncio.gather(*checks)
             if await self._store.mark_live(account_id, inbox.id) is None:
                 raise MailplaneError(

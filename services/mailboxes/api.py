@@ -1,4 +1,7 @@
-"""The mailboxes service's servicer: protobuf ↔ models and the caller's identity."""
+"""The mailboxes service's servicer: protobuf ↔ models and the caller's identity.
+
+Who may call each method is ``MAILBOX_ACCESS``, enforced by the chassis
+interceptor; which mailboxes a key reaches is checked here."""
 
 from __future__ import annotations
 
@@ -18,8 +21,32 @@ from services.mailboxes.service import MailboxService, mailbox_not_found
 
 _log = get_logger("mailplane.mailboxes")
 
-#: Drops a deleted mailbox from key scopes (through the pods service).
-RevokeKeys = Callable[[str], Awaitable[None]]
+#: Drops a deleted mailbox from key scopes: ``(account_id, mailbox_id)``
+#: (through the pods service).
+RevokeKeys = Callable[[str, str], Awaitable[None]]
+
+#: Who may call each MailboxService method (DESIGN §4 Mailboxes):
+#: mailbox keys work on their mailboxes, folders and rules; creating and cloning
+#: need a pod or account key; delete and clone need ``admin``; counting is
+#: internal (the service credential, or an account-wide admin key for billing
+#: status); reception news comes from the domains service only.
+MAILBOX_ACCESS: dict[str, auth.Access] = {
+    "CreateMailbox": auth.keys("write", "account", "pod"),
+    "GetMailbox": auth.keys("read", *auth.ALL_SCOPES),
+    "ListMailboxes": auth.keys("read", *auth.ALL_SCOPES, pod_filter="pod_id"),
+    "UpdateMailbox": auth.keys("write", *auth.ALL_SCOPES),
+    "DeleteMailbox": auth.keys("admin", *auth.ALL_SCOPES),
+    "CloneMailbox": auth.keys("admin", "account", "pod"),
+    "CreateFolder": auth.keys("write", *auth.ALL_SCOPES),
+    "ListFolders": auth.keys("read", *auth.ALL_SCOPES),
+    "DeleteFolder": auth.keys("write", *auth.ALL_SCOPES),
+    "CreateRule": auth.keys("write", *auth.ALL_SCOPES),
+    "ListRules": auth.keys("read", *auth.ALL_SCOPES),
+    "UpdateRule": auth.keys("write", *auth.ALL_SCOPES),
+    "DeleteRule": auth.keys("write", *auth.ALL_SCOPES),
+    "CountMailboxes": auth.keys("read", "account", operator=True),
+    "SetDomainReception": auth.OPERATOR_ONLY,
+}
 
 _STATUS_TO_PB = {
     "provisioning": mailboxes_pb2.MAILBOX_STATUS_PROVISIONING,
@@ -127,7 +154,7 @@ def _mailbox_changes(request: mailboxes_pb2.UpdateMailboxRequest) -> dict[str, A
 
 
 def _check_reach(mailbox: Mailbox) -> Mailbox:
-    """``mailbox`` if the caller's key reaches it, else ``mailbox_not_found`` (issue 6)."""
+    """``mailbox`` if the caller's key reaches it, else ``mailbox_not_found``."""
     if not auth.reaches(mailbox.pod_id, "mailbox", mailbox.id):
         raise mailbox_not_found(mailbox.id)
     return mailbox
@@ -150,8 +177,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CreateMailbox(
         self, request: mailboxes_pb2.CreateMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_permission("write").account_id or ""
-        auth.require_scope("account", "pod")  # a pod key's pod is enforced by the pods service
+        account_id = auth.acting_account()  # a pod key's pod is enforced by the pods service
         wanted = request.mailbox
         created = await self._service.create(
             account_id,
@@ -166,14 +192,14 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def GetMailbox(
         self, request: mailboxes_pb2.GetMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_permission("read").account_id or ""
+        account_id = auth.acting_account()
         return mailbox_to_pb(_check_reach(await self._service.get(account_id, request.mailbox_id)))
 
     async def ListMailboxes(
         self, request: mailboxes_pb2.ListMailboxesRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.ListMailboxesResponse:
-        principal = auth.require_permission("read")
-        account_id = principal.account_id or ""
+        principal = auth.current()
+        account_id = auth.acting_account()
         if principal.scope_type in ("inbox", "mailbox"):  # only the key's own mailboxes
             own = []
             if principal.scope_type == "mailbox":
@@ -191,7 +217,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def UpdateMailbox(
         self, request: mailboxes_pb2.UpdateMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         changes = _mailbox_changes(request)
         return mailbox_to_pb(await self._service.update(account_id, request.mailbox_id, changes))
@@ -199,12 +225,12 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def DeleteMailbox(
         self, request: mailboxes_pb2.DeleteMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.DeleteMailboxResponse:
-        account_id = auth.require_permission("admin").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         deleted = await self._service.delete(account_id, request.mailbox_id)
         try:  # keys scoped to it lose it; empty ones go. A key left pointing at a
             # deleted mailbox reaches nothing, so a pods outage here is only logged.
-            await self._revoke_keys(deleted)
+            await self._revoke_keys(account_id, deleted)
         except MailplaneError as error:
             _log.warning("mailbox_key_scopes_not_updated", mailbox_id=deleted, code=error.code)
         return mailboxes_pb2.DeleteMailboxResponse(mailbox_id=deleted)
@@ -212,8 +238,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CloneMailbox(
         self, request: mailboxes_pb2.CloneMailboxRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Mailbox:
-        account_id = auth.require_permission("admin").account_id or ""
-        auth.require_scope("account", "pod")  # a clone lies outside a mailbox key's scope
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         clone = await self._service.clone(
             account_id,
@@ -226,7 +251,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CreateFolder(
         self, request: mailboxes_pb2.CreateFolderRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Folder:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         folder = await self._service.create_folder(
             account_id, request.mailbox_id, request.folder.name
@@ -236,7 +261,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def ListFolders(
         self, request: mailboxes_pb2.ListFoldersRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.ListFoldersResponse:
-        account_id = auth.require_permission("read").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         folders = await self._service.list_folders(account_id, request.mailbox_id)
         return mailboxes_pb2.ListFoldersResponse(folders=[folder_to_pb(f) for f in folders])
@@ -244,7 +269,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def DeleteFolder(
         self, request: mailboxes_pb2.DeleteFolderRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.DeleteFolderResponse:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         deleted = await self._service.delete_folder(
             account_id, request.mailbox_id, request.folder_id
@@ -254,7 +279,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CreateRule(
         self, request: mailboxes_pb2.CreateRuleRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Rule:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         wanted = request.rule
         action_type, folder_id = _action_of(wanted.action)
@@ -273,7 +298,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def ListRules(
         self, request: mailboxes_pb2.ListRulesRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.ListRulesResponse:
-        account_id = auth.require_permission("read").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         rules = await self._service.list_rules(account_id, request.mailbox_id)
         return mailboxes_pb2.ListRulesResponse(rules=[rule_to_pb(r) for r in rules])
@@ -281,7 +306,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def UpdateRule(
         self, request: mailboxes_pb2.UpdateRuleRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.Rule:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         wanted = request.rule
         changes: dict[str, Any] = {}
@@ -304,7 +329,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def DeleteRule(
         self, request: mailboxes_pb2.DeleteRuleRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.DeleteRuleResponse:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account()
         await self._reachable(account_id, request.mailbox_id)
         deleted = await self._service.delete_rule(account_id, request.mailbox_id, request.rule_id)
         return mailboxes_pb2.DeleteRuleResponse(rule_id=deleted)
@@ -312,7 +337,7 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def CountMailboxes(
         self, request: mailboxes_pb2.CountMailboxesRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.CountMailboxesResponse:
-        account_id = auth.require_scope("account", "pod").account_id or ""
+        account_id = auth.acting_account(request.account_id)
         count = await self._service.count(
             account_id,
             request.pod_id or None,
@@ -324,10 +349,6 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
     async def SetDomainReception(
         self, request: mailboxes_pb2.SetDomainReceptionRequest, context: grpc.aio.ServicerContext
     ) -> mailboxes_pb2.SetDomainReceptionResponse:
-        auth.require_operator()  # work no caller started (DESIGN §2): never an account key
-        if not request.account_id:
-            raise invalid_argument("account_id", "is required.")
-        changed = await self._service.set_reception(
-            request.account_id, request.domain, request.can_receive
-        )
+        account_id = auth.acting_account(request.account_id)
+        changed = await self._service.set_reception(account_id, request.domain, request.can_receive)
         return mailboxes_pb2.SetDomainReceptionResponse(changed=changed)

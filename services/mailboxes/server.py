@@ -11,7 +11,7 @@ from services.chassis.config import Settings
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
-from services.mailboxes.api import MailboxServicer
+from services.mailboxes.api import MAILBOX_ACCESS, MailboxServicer
 from services.mailboxes.service import MailboxService
 from services.mailboxes.store import MailboxStore
 
@@ -30,15 +30,16 @@ async def build(settings: Settings) -> MailboxesProcess:
     pods_channel = open_channel(settings.pods_addr)
     domains_channel = open_channel(settings.domains_addr)
     deadline = settings.peer_deadline_seconds
-    pods = PodsClient(pods_channel, deadline)
+    internal_token = settings.internal_token.get_secret_value()
+    pods = PodsClient(pods_channel, deadline, internal_token)
 
-    async def revoke_keys(mailbox_id: str) -> None:
-        await pods.revoke_scoped_keys("mailbox", mailbox_id)
+    async def revoke_keys(account_id: str, mailbox_id: str) -> None:
+        await pods.revoke_scoped_keys(account_id, "mailbox", mailbox_id)
 
     service = MailboxService(
         MailboxStore(pool),
         pods,
-        DomainsClient(domains_channel, deadline),
+        DomainsClient(domains_channel, deadline, internal_token),
         settings.shared_domain,
     )
 
@@ -54,6 +55,7 @@ async def build(settings: Settings) -> MailboxesProcess:
             mailboxes_pb2_grpc.add_MailboxServiceServicer_to_server,
             MailboxServicer(service, revoke_keys),
             SERVICE_NAME,
+            MAILBOX_ACCESS,
         ),
         sweep,
     )

@@ -109,7 +109,7 @@ class MailboxService:
         if level not in AUTONOMY_LEVELS:
             raise invalid_argument("autonomyLevel", "must be L1, L2 or L3.")
         pod = await (self._pods.live_pod(pod_ref) if pod_ref else self._pods.default_pod())
-        place = await self._place(address, pod.id, verified=False)
+        place = await self._place(account_id, address, pod.id, verified=False)
         return await self._insert(account_id, pod, place, display_name, full_config, level, None)
 
     async def _insert(
@@ -169,7 +169,9 @@ class MailboxService:
             checks: list[Awaitable[Any]] = [self._pods.live_pod(mailbox.pod_id)]
             if not mailbox.shared_domain:
                 checks.append(
-                    self._domains.usable_by(mailbox.domain, mailbox.pod_id, verified=False)
+                    self._domains.usable_by(
+                        account_id, mailbox.domain, mailbox.pod_id, verified=False
+                    )
                 )
             results = await asyncio.gather(*checks)
             can_receive = mailbox.shared_domain or results[1].can_receive
@@ -183,7 +185,7 @@ class MailboxService:
             await self._store.delete_pending(account_id, mailbox.id)
             raise
 
-    async def _place(self, raw: str, pod_id: str, *, verified: bool) -> Placement:
+    async def _place(self, account_id: str, raw: str, pod_id: str, *, verified: bool) -> Placement:
         """Parses an address and checks the pod may use its domain."""
         local, at, domain = raw.strip().rpartition("@")
         if not at or not domain:
@@ -192,7 +194,7 @@ class MailboxService:
         domain = domain_key(domain)
         if domain == self._shared_domain:
             return Placement(f"{local}@{domain}", domain, True, True)
-        found = await self._domains.usable_by(domain, pod_id, verified=verified)
+        found = await self._domains.usable_by(account_id, domain, pod_id, verified=verified)
         return Placement(f"{local}@{found.name}", found.name, False, found.can_receive)
 
     async def find(self, account_id: str, mailbox_id: str) -> Mailbox | None:
@@ -282,7 +284,7 @@ class MailboxService:
                 f"{mailbox.address} is on the shared domain; its address cannot change. "
                 "Create a mailbox on a custom domain instead.",
             )
-        place = await self._place(raw, mailbox.pod_id, verified=True)
+        place = await self._place(mailbox.account_id, raw, mailbox.pod_id, verified=True)
         if place.shared_domain:
             raise MailplaneError(
                 "shared_domain_address",
@@ -296,7 +298,7 @@ class MailboxService:
         # DESIGN §3 child side for an address change: the new domain is re-read
         # after the change is committed; if it is no longer usable, undo it.
         try:
-            await self._domains.usable_by(after.domain, after.pod_id, verified=True)
+            await self._domains.usable_by(account_id, after.domain, after.pod_id, verified=True)
         except BaseException:
             await self._store.update(
                 account_id,
@@ -343,7 +345,7 @@ class MailboxService:
         source = await self.get(account_id, mailbox_id)
         display_name = _check_text("displayName", display_name)
         pod = await self._pods.live_pod(source.pod_id)
-        place = await self._place(address, pod.id, verified=False)
+        place = await self._place(account_id, address, pod.id, verified=False)
         folder_ids, rule_ids = await self._store.folder_and_rule_ids(account_id, source.id)
         return await self._insert(
             account_id,

@@ -12,7 +12,7 @@ from services.chassis.config import Settings
 from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
-from services.messages.api import MessageServicer
+from services.messages.api import MESSAGE_ACCESS, MessageServicer
 from services.messages.service import MailService
 from services.messages.store import MailStore
 
@@ -28,7 +28,9 @@ async def build(settings: Settings) -> MessagesProcess:
     """Builds the messages service's gRPC side from settings; the caller starts ``grpc``."""
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     pods_channel = open_channel(settings.pods_addr)
-    pods = PodsClient(pods_channel, settings.peer_deadline_seconds)
+    pods = PodsClient(
+        pods_channel, settings.peer_deadline_seconds, settings.internal_token.get_secret_value()
+    )
 
     async def resolve_pod(ref: str) -> str:
         return (await pods.get_pod(ref)).id
@@ -48,6 +50,7 @@ async def build(settings: Settings) -> MessagesProcess:
             messages_pb2_grpc.add_MessageServiceServicer_to_server,
             MessageServicer(service),
             SERVICE_NAME,
+            MESSAGE_ACCESS,
         ),
         sweep,
     )

@@ -1,7 +1,9 @@
 """The pods service's servicers: protobuf ↔ models and the caller's identity.
 
 No business rules and no SQL here: each method reads the principal, converts the
-request, calls ``PodService`` and converts the answer.
+request, calls ``PodService`` and converts the answer. Who may call each method
+is the authorization table of each service below (``POD_ACCESS``,
+``ACCOUNT_ACCESS``, ``API_KEY_ACCESS``), enforced by the chassis interceptor.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from google.protobuf import timestamp_pb2
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from services.chassis import auth
-from services.chassis.errors import MailplaneError, invalid_argument
+from services.chassis.errors import invalid_argument
 from services.chassis.plans import PLAN_LIMITS, PlanLimits
 from services.pods.models import Account, ApiKey, Pod
 from services.pods.service import PodService, pod_not_found
@@ -106,6 +108,35 @@ def _optional(message: pods_pb2.Pod, field: str) -> str | None:
     return getattr(message, field) if message.HasField(field) else None
 
 
+#: Who may call each PodService method: pods are made, changed and deleted by
+#: account-wide keys only; a pod key reads its own pod.
+POD_ACCESS: dict[str, auth.Access] = {
+    "CreatePod": auth.keys("write", "account"),
+    "GetPod": auth.keys("read", *auth.ALL_SCOPES),
+    "ListPods": auth.keys("read", *auth.ALL_SCOPES),
+    "UpdatePod": auth.keys("write", "account"),
+    "DeletePod": auth.keys("write", "account"),
+}
+#: Who may call each AccountService method: accounts are the operator's
+#: (DESIGN §4); inbox and mailbox keys reach their resource, not the account.
+ACCOUNT_ACCESS: dict[str, auth.Access] = {
+    "CreateAccount": auth.OPERATOR_ONLY,
+    "GetAccount": auth.keys("read", "account", "pod", operator=True),
+    "SetAccountPlan": auth.OPERATOR_ONLY,
+    "SetAccountState": auth.OPERATOR_ONLY,
+}
+#: Who may call each ApiKeyService method: keys are managed by account-wide keys
+#: with ``admin``; authenticating and revoking are calls between
+#: services, with the service credential (DESIGN §2).
+API_KEY_ACCESS: dict[str, auth.Access] = {
+    "CreateApiKey": auth.keys("admin", "account"),
+    "ListApiKeys": auth.keys("admin", "account"),
+    "DeleteApiKey": auth.keys("admin", "account"),
+    "AuthenticateApiKey": auth.OPERATOR_ONLY,
+    "RevokeScopedApiKeys": auth.OPERATOR_ONLY,
+}
+
+
 class PodServicer(pods_pb2_grpc.PodServiceServicer):
     """``mailplane.pods.v1.PodService`` over ``PodService``."""
 
@@ -115,7 +146,7 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def CreatePod(
         self, request: pods_pb2.CreatePodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Pod:
-        account_id = _pod_admin()
+        account_id = auth.acting_account()
         pod = await self._service.create_pod(
             account_id, _optional(request.pod, "client_id"), _optional(request.pod, "name")
         )
@@ -124,7 +155,7 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def GetPod(
         self, request: pods_pb2.GetPodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Pod:
-        account_id = auth.require_permission("read").account_id or ""
+        account_id = auth.acting_account()
         pod = await self._service.get_pod(account_id, request.pod_id)
         if not auth.reaches(pod.id):
             raise pod_not_found(request.pod_id)
@@ -133,8 +164,8 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def ListPods(
         self, request: pods_pb2.ListPodsRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.ListPodsResponse:
-        principal = auth.require_permission("read")
-        account_id = principal.account_id or ""
+        principal = auth.current()
+        account_id = auth.acting_account()
         if principal.scope_type != "account":  # a pod key sees its pod; others none
             own = principal.pod_id
             pods = [await self._service.get_pod(account_id, own)] if own else []
@@ -147,7 +178,7 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def UpdatePod(
         self, request: pods_pb2.UpdatePodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Pod:
-        account_id = _pod_admin()
+        account_id = auth.acting_account()
         paths = list(request.update_mask.paths)
         unknown = [p for p in paths if p not in _POD_UPDATABLE]
         if unknown:
@@ -162,7 +193,7 @@ class PodServicer(pods_pb2_grpc.PodServiceServicer):
     async def DeletePod(
         self, request: pods_pb2.DeletePodRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.DeletePodResponse:
-        account_id = _pod_admin()
+        account_id = auth.acting_account()
         pod_id = await self._service.delete_pod(account_id, request.pod_id)
         return pods_pb2.DeletePodResponse(pod_id=pod_id)
 
@@ -176,7 +207,6 @@ class AccountServicer(pods_pb2_grpc.AccountServiceServicer):
     async def CreateAccount(
         self, request: pods_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.CreateAccountResponse:
-        auth.require_operator()
         plan = _PLAN_FROM_PB.get(request.plan, "trial")
         account, pod, secret = await self._service.create_account(request.name, plan)
         return pods_pb2.CreateAccountResponse(
@@ -186,28 +216,18 @@ class AccountServicer(pods_pb2_grpc.AccountServiceServicer):
     async def GetAccount(
         self, request: pods_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Account:
-        principal = auth.current_principal()
-        if principal is not None and principal.operator and request.account_id:
-            account_id = request.account_id
-        else:  # inbox and mailbox keys reach their resource, not the account (issue 6)
-            account_id = auth.require_scope("account", "pod").account_id or ""
-            if request.account_id and request.account_id != account_id:
-                raise MailplaneError(
-                    "account_not_found", f"No account {request.account_id!r} for this key."
-                )
+        account_id = auth.acting_account(request.account_id)
         return account_to_pb(await self._service.get_account(account_id))
 
     async def SetAccountPlan(
         self, request: pods_pb2.SetAccountPlanRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Account:
-        auth.require_operator()
         plan = _PLAN_FROM_PB.get(request.plan, "")
         return account_to_pb(await self._service.set_plan(request.account_id, plan))
 
     async def SetAccountState(
         self, request: pods_pb2.SetAccountStateRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.Account:
-        auth.require_operator()
         state = _STATE_FROM_PB.get(request.state, "")
         return account_to_pb(await self._service.set_state(request.account_id, state))
 
@@ -221,7 +241,7 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
     async def CreateApiKey(
         self, request: pods_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.CreateApiKeyResponse:
-        account_id = _key_admin()
+        account_id = auth.acting_account()
         wanted = request.api_key
         scope_type = _SCOPE_FROM_PB.get(wanted.scope.type, "account")
         ids = list(wanted.scope.ids)
@@ -243,7 +263,7 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
     async def ListApiKeys(
         self, request: pods_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.ListApiKeysResponse:
-        account_id = _key_admin()
+        account_id = auth.acting_account()
         keys, token = await self._service.list_api_keys(
             account_id, request.page_size, request.page_token
         )
@@ -254,14 +274,13 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
     async def DeleteApiKey(
         self, request: pods_pb2.DeleteApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.DeleteApiKeyResponse:
-        account_id = _key_admin()
+        account_id = auth.acting_account()
         key_id = await self._service.delete_api_key(account_id, request.api_key_id)
         return pods_pb2.DeleteApiKeyResponse(api_key_id=key_id)
 
     async def AuthenticateApiKey(
         self, request: pods_pb2.AuthenticateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.AuthenticateApiKeyResponse:
-        auth.require_operator()
         principal = await self._service.authenticate(request.secret)
         return pods_pb2.AuthenticateApiKeyResponse(
             account_id=principal.account_id or "",
@@ -275,20 +294,8 @@ class ApiKeyServicer(pods_pb2_grpc.ApiKeyServiceServicer):
     async def RevokeScopedApiKeys(
         self, request: pods_pb2.RevokeScopedApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pods_pb2.RevokeScopedApiKeysResponse:
-        account_id = auth.require_permission("write").account_id or ""
+        account_id = auth.acting_account(request.account_id)
         revoked = await self._service.unscope_api_keys(
             account_id, _SCOPE_FROM_PB.get(request.scope_type, ""), request.resource_id
         )
         return pods_pb2.RevokeScopedApiKeysResponse(revoked=revoked)
-
-
-def _pod_admin() -> str:
-    """Only account-wide keys with ``write`` create, change or delete pods (issue 6)."""
-    auth.require_scope("account")
-    return auth.require_permission("write").account_id or ""
-
-
-def _key_admin() -> str:
-    """Only an account-wide key with ``admin`` manages keys (issue 6)."""
-    auth.require_scope("account")
-    return auth.require_permission("admin").account_id or ""

@@ -11,7 +11,14 @@ from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
 from services.chassis.server import GrpcService, ServiceProcess, Servicer
-from services.pods.api import AccountServicer, ApiKeyServicer, PodServicer
+from services.pods.api import (
+    ACCOUNT_ACCESS,
+    API_KEY_ACCESS,
+    POD_ACCESS,
+    AccountServicer,
+    ApiKeyServicer,
+    PodServicer,
+)
 from services.pods.clients import (
     DomainsCounter,
     InboxesCounter,
@@ -45,29 +52,35 @@ async def build(settings: Settings) -> PodsProcess:
     inboxes_channel = open_channel(settings.inboxes_addr)
     mailboxes_channel = open_channel(settings.mailboxes_addr)
     deadline = settings.peer_deadline_seconds
+    internal_token = settings.internal_token.get_secret_value()
     service = PodService(
         PodStore(pool),
         child_counters=(
-            InboxesCounter(inboxes_channel, deadline),
-            MailboxesCounter(mailboxes_channel, deadline),
-            DomainsCounter(domains_channel, deadline),
+            InboxesCounter(inboxes_channel, deadline, internal_token),
+            MailboxesCounter(mailboxes_channel, deadline, internal_token),
+            DomainsCounter(domains_channel, deadline, internal_token),
         ),
         scope_check=ScopeResources(inboxes_channel, mailboxes_channel, deadline),
     )
     keys = KeyCache(service.authenticate, ttl_seconds=min(settings.auth_cache_seconds, 5.0))
     servicers = [
         Servicer(
-            pods_pb2_grpc.add_PodServiceServicer_to_server, PodServicer(service), SERVICE_NAMES[0]
+            pods_pb2_grpc.add_PodServiceServicer_to_server,
+            PodServicer(service),
+            SERVICE_NAMES[0],
+            POD_ACCESS,
         ),
         Servicer(
             pods_pb2_grpc.add_AccountServiceServicer_to_server,
             AccountServicer(service),
             SERVICE_NAMES[1],
+            ACCOUNT_ACCESS,
         ),
         Servicer(
             pods_pb2_grpc.add_ApiKeyServiceServicer_to_server,
             ApiKeyServicer(service),
             SERVICE_NAMES[2],
+            API_KEY_ACCESS,
         ),
     ]
 
@@ -80,7 +93,7 @@ async def build(settings: Settings) -> PodsProcess:
         pool=pool,
         servicers=servicers,
         authenticate=keys.authenticate,
-        internal_token=settings.internal_token.get_secret_value(),
+        internal_token=internal_token,
         sweep=sweep,
         sweep_interval=settings.sweep_interval_seconds,
     )

@@ -34,6 +34,9 @@ async def wait_for_status(channel: grpc.aio.Channel, wanted: int, seconds: float
         await asyncio.sleep(0.1)
 
 
+OPERATOR = ((auth.INTERNAL_TOKEN_METADATA, "t"),)
+
+
 async def never(secret: str) -> auth.Principal:
     raise auth.bad_key()
 
@@ -91,7 +94,8 @@ async def test_unexpected_errors_become_internal_without_details() -> None:
     async def catalog(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise MailplaneError("pod_not_empty", "Pod still has 2 inboxes.", {"inboxes": 2})
 
-    server = grpc.aio.server(interceptors=[ChassisInterceptor("test", never, "t")])
+    access = {"/test.Probe/Boom": auth.OPERATOR_ONLY, "/test.Probe/Catalog": auth.OPERATOR_ONLY}
+    server = grpc.aio.server(interceptors=[ChassisInterceptor("test", never, "t", access)])
     server.add_generic_rpc_handlers(
         [
             grpc.method_handlers_generic_handler(
@@ -108,17 +112,48 @@ async def test_unexpected_errors_become_internal_without_details() -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await channel.unary_unary("/test.Probe/Boom")(b"")
+                await channel.unary_unary("/test.Probe/Boom")(b"", metadata=OPERATOR)
             assert err.value.code() == grpc.StatusCode.INTERNAL
             assert "hunter2" not in (err.value.details() or "")
             assert from_rpc_error(err.value).code == "internal"
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await channel.unary_unary("/test.Probe/Catalog")(b"")
+                await channel.unary_unary("/test.Probe/Catalog")(b"", metadata=OPERATOR)
             mapped = from_rpc_error(err.value)
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert (mapped.code, mapped.details) == ("pod_not_empty", {"inboxes": 2})
     finally:
         await server.stop(0)
+
+
+async def test_a_method_missing_from_the_authorization_table_is_refused() -> None:
+    ran: list[bytes] = []
+
+    async def listed(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        ran.append(request)
+        return b"ok"
+
+    access = {"/test.Probe/Listed": auth.OPERATOR_ONLY}
+    server = grpc.aio.server(interceptors=[ChassisInterceptor("test", never, "t", access)])
+    handler = grpc.unary_unary_rpc_method_handler(listed)
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Probe", {"Listed": handler, "Unlisted": handler}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await channel.unary_unary("/test.Probe/Listed")(b"1", metadata=OPERATOR) == b"ok"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Probe/Unlisted")(b"2", metadata=OPERATOR)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert from_rpc_error(err.value).code == "permission_denied"
+    finally:
+        await server.stop(0)
+    assert ran == [b"1"]  # the unlisted method's servicer never ran
 
 
 async def test_a_pooled_query_is_one_statement_and_release_keeps_no_transaction(

@@ -318,7 +318,7 @@ async def test_delete_pod_with_the_domains_service_down_is_unavailable(
     from tests.conftest import free_port
 
     async with open_channel(f"127.0.0.1:{free_port()}") as dead:
-        checked = counting(service, DomainsCounter(dead, deadline=1.0))
+        checked = counting(service, DomainsCounter(dead, deadline=1.0, internal_token="t"))
         account = await new_account(service)
         pod = await service.create_pod(account, None, None)
         with pytest.raises(MailplaneError) as err:
