@@ -33,6 +33,9 @@ from services.domains import server as domains_server
 from services.inboxes import server as inboxes_server
 from services.mailboxes import server as mailboxes_server
 from services.messages import server as messages_server
+from services.messages.edge import serve_inbound
+from services.messages.ingest import Ingest
+from services.messages.store import MailStore
 from services.pods import server as pods_server
 
 
@@ -276,3 +279,26 @@ async def other_tenant(make_tenant) -> Tenant:  # type: ignore[no-untyped-def]
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest_asyncio.fixture(scope="session")
+async def edge(services: Services, settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    """The MX listener, in process, on the settings' inbound address."""
+    host, port = settings.smtp_inbound_addr.rsplit(":", 1)
+    server = await serve_inbound(
+        MailStore(services.messages.pool),
+        settings.shared_domain,
+        host,
+        int(port),
+        settings.max_message_bytes,
+        "mx.test",
+    )
+    yield host, int(port)
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture(scope="session")
+def ingest(services: Services) -> Ingest:
+    """The ingest worker, run step by step by the tests."""
+    return Ingest(MailStore(services.messages.pool))

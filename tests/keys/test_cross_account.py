@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 from mailplane.pods.v1 import pods_pb2
 
-from tests.conftest import Tenant
+from services.messages.ingest import Ingest
+from tests.conftest import Services, Tenant
 from tests.inboxes.test_inboxes import new_pod
+from tests.messages.test_inbound import drain, message, route, send
 
 #: Valid bodies for the routes that refuse an empty one (so the call reaches the
 #: service and its account filter, not the gateway's validation).
@@ -28,8 +30,31 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+async def received(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    inbox: dict[str, Any],
+) -> dict[str, Any]:
+    """A message with an attachment received by ``inbox`` over real SMTP."""
+    await route(services, inbox["email"], {**inbox, "accountId": tenant.account_id}, "inbox")
+    mail = message(inbox["email"])
+    mail.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="q.pdf")
+    await send(edge, mail, [inbox["email"]])
+    await drain(ingest)
+    page = await http.get(f"/v1/inboxes/{inbox['id']}/messages", headers=tenant.headers)
+    (got,) = page.json()["messages"]
+    return got  # type: ignore[no-any-return]
+
+
 async def test_every_route_with_another_accounts_ids_answers_404(
-    http: httpx.AsyncClient, make_tenant: Any
+    http: httpx.AsyncClient,
+    make_tenant: Any,
+    services: Services,
+    edge: tuple[str, int],
+    ingest: Ingest,
 ) -> None:
     victim: Tenant = await make_tenant("Victim", pods_pb2.PLAN_ENTERPRISE)
     intruder: Tenant = await make_tenant("Intruder", pods_pb2.PLAN_ENTERPRISE)
@@ -56,6 +81,7 @@ async def test_every_route_with_another_accounts_ids_answers_404(
         )
     ).json()
     key = (await http.post("/v1/api-keys", json={"name": "victim"}, headers=h)).json()
+    mail = await received(http, services, victim, edge, ingest, inbox)
     ids = {
         "pod": pod["id"],
         "inbox": inbox["id"],
@@ -64,6 +90,9 @@ async def test_every_route_with_another_accounts_ids_answers_404(
         "folder": folder["id"],
         "rule": rule["id"],
         "key_id": key["id"],
+        "message": mail["id"],
+        "thread": mail["threadId"],
+        "attachment": mail["attachments"][0]["id"],
     }
     paths = (await http.get("/openapi.json")).json()["paths"]
     walked = 0
@@ -93,6 +122,7 @@ async def test_every_route_with_another_accounts_ids_answers_404(
         "/v1/domains",
         "/v1/agent/mailboxes",
         "/v1/api-keys",
+        "/v1/threads",
     ):
         text = (await http.get(listing, headers=intruder.headers)).text
         assert not any(i in text for i in ids.values()), listing
