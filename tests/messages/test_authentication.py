@@ -86,49 +86,57 @@ async def check(
 # --- SPF ------------------------------------------------------------------------------
 
 
-async def test_spf_passes_when_the_client_is_in_an_ip4_mechanism(
+def spf_domain(zone: Zone, record: str) -> str:
+    """Returns a new domain publishing the SPF ``record``."""
+    domain = new_domain()
+    zone.publish(domain, "TXT", record)
+    return domain
+
+
+async def test_spf_passes_a_client_in_an_ip4_mechanism_and_no_other(
     dns_zone: Zone, resolver: SenderResolver
 ) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    auth = await check(message(domain), resolver, f"bounce@{domain}")
-    assert auth.spf == "pass"
-    assert passed(auth)
+    domain = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.0/24 -all")
+
+    inside = await check(message(domain), resolver, f"bounce@{domain}")
+    outside = await check(message(domain), resolver, f"bounce@{domain}", client_ip=OTHER_IP)
+
+    assert (inside.spf, outside.spf) == ("pass", "fail")
+    assert passed(inside)
+    assert not passed(outside)
 
 
-async def test_spf_fails_a_client_outside_the_record_under_dash_all(
+async def test_spf_of_a_client_outside_the_record_follows_the_all_qualifier(
     dns_zone: Zone, resolver: SenderResolver
 ) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    auth = await check(message(domain), resolver, f"bounce@{domain}", client_ip=OTHER_IP)
-    assert auth.spf == "fail"
-    assert not passed(auth)
-
-
-async def test_spf_softfails_a_client_outside_the_record_under_tilde_all(
-    dns_zone: Zone, resolver: SenderResolver
-) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "v=spf1 ip4:192.0.2.0/24 ~all")
-    auth = await check(message(domain), resolver, f"bounce@{domain}", client_ip=OTHER_IP)
-    assert auth.spf == "softfail"
+    results = []
+    for qualifier in "-~?":
+        domain = spf_domain(dns_zone, f"v=spf1 ip4:192.0.2.0/24 {qualifier}all")
+        auth = await check(message(domain), resolver, f"bounce@{domain}", client_ip=OTHER_IP)
+        results.append(auth.spf)
+    assert results == ["fail", "softfail", "neutral"]
 
 
 async def test_spf_is_none_without_a_record(dns_zone: Zone, resolver: SenderResolver) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "google-site-verification=not-spf")
-    auth = await check(message(domain), resolver, f"bounce@{domain}")
-    assert auth.spf == "none"
+    without = spf_domain(dns_zone, "google-site-verification=not-spf")
+    with_record = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.10 -all")
+
+    none = await check(message(without), resolver, f"bounce@{without}")
+    authorized = await check(message(with_record), resolver, f"bounce@{with_record}")
+
+    assert (none.spf, authorized.spf) == ("none", "pass")
 
 
 async def test_spf_is_permerror_for_a_malformed_record(
     dns_zone: Zone, resolver: SenderResolver
 ) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "v=spf1 ip4:192.0.2.0/24 frobnicate -all")
-    auth = await check(message(domain), resolver, f"bounce@{domain}")
-    assert auth.spf == "permerror"
+    malformed = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.0/24 frobnicate -all")
+    wellformed = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.0/24 -all")
+
+    bad = await check(message(malformed), resolver, f"bounce@{malformed}")
+    good = await check(message(wellformed), resolver, f"bounce@{wellformed}")
+
+    assert (bad.spf, good.spf) == ("permerror", "pass")
 
 
 async def test_spf_follows_include_a_and_mx_through_our_resolver(
@@ -164,10 +172,12 @@ async def test_spf_of_the_null_sender_checks_the_helo_name(
 async def test_spf_of_a_malformed_client_address_is_permerror_not_an_exception(
     dns_zone: Zone, resolver: SenderResolver
 ) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    auth = await check(message(domain), resolver, f"bounce@{domain}", client_ip="not-an-ip")
-    assert auth.spf == "permerror"
+    domain = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.0/24 -all")
+
+    malformed = await check(message(domain), resolver, f"bounce@{domain}", client_ip="not-an-ip")
+    wellformed = await check(message(domain), resolver, f"bounce@{domain}")
+
+    assert (malformed.spf, wellformed.spf) == ("permerror", "pass")
 
 
 # --- DKIM -----------------------------------------------------------------------------
@@ -177,8 +187,13 @@ async def test_dkim_passes_a_signature_made_with_the_published_key(
     dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
     domain = new_domain()
-    auth = await check(signed(message(domain), domain, rsa_key, dns_zone), resolver, "")
-    assert auth.dkim == "pass"
+    raw = signed(message(domain), domain, rsa_key, dns_zone)
+    retitled = raw.replace(b"Subject: Quarterly numbers", b"Subject: Urgent wire transfer")
+
+    auth = await check(raw, resolver, "")
+    forged = await check(retitled, resolver, "")
+
+    assert (auth.dkim, forged.dkim) == ("pass", "fail")  # Subject is a signed header
     assert passed(auth)
 
 
@@ -188,54 +203,65 @@ async def test_dkim_fails_after_the_body_is_tampered_with(
     domain = new_domain()
     raw = signed(message(domain, b"Pay invoice 1001.\r\n"), domain, rsa_key, dns_zone)
     tampered = raw.replace(b"invoice 1001", b"invoice 6666")
+
+    original = await check(raw, resolver, "")
     auth = await check(tampered, resolver, "")
-    assert auth.dkim == "fail"
+
+    assert (original.dkim, auth.dkim) == ("pass", "fail")
     assert not passed(auth)
 
 
-async def test_dkim_fails_a_signature_made_with_another_key(
+async def test_dkim_fails_a_signature_the_published_key_did_not_make(
     dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
     domain = new_domain()
-    raw = signed(message(domain), domain, rsa_key, dns_zone)
+    raw = message(domain)
+    right = signed(raw, domain, rsa_key, dns_zone, selector="right")
+    wrong = signed(raw, domain, rsa_key, dns_zone, selector="wrong")
     other = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
     der = other.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    dns_zone.clear(f"s1._domainkey.{domain}", "TXT")
-    dns_zone.publish(f"s1._domainkey.{domain}", "TXT", f"p={base64.b64encode(der).decode()}")
-    auth = await check(raw, resolver, "")
-    assert auth.dkim == "fail"
+    dns_zone.clear(f"wrong._domainkey.{domain}", "TXT")
+    dns_zone.publish(f"wrong._domainkey.{domain}", "TXT", f"p={base64.b64encode(der).decode()}")
+
+    assert (await check(right, resolver, "")).dkim == "pass"
+    assert (await check(wrong, resolver, "")).dkim == "fail"
 
 
 async def test_dkim_is_none_for_an_unsigned_message(
-    dns_zone: Zone, resolver: SenderResolver
+    dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
     domain = new_domain()
-    auth = await check(message(domain), resolver, "")
-    assert auth.dkim == "none"
+    unsigned = await check(message(domain), resolver, "")
+    signed_copy = await check(signed(message(domain), domain, rsa_key, dns_zone), resolver, "")
+    assert (unsigned.dkim, signed_copy.dkim) == ("none", "pass")
 
 
 async def test_dkim_is_permerror_when_no_key_is_published(
     dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
     domain = new_domain()
-    raw = signed(message(domain), domain, rsa_key, dns_zone, selector="gone")
+    kept = signed(message(domain), domain, rsa_key, dns_zone, selector="kept")
+    gone = signed(message(domain), domain, rsa_key, dns_zone, selector="gone")
     dns_zone.clear(f"gone._domainkey.{domain}", "TXT")
-    auth = await check(raw, resolver, "")
-    assert auth.dkim == "permerror"
+
+    assert (await check(kept, resolver, "")).dkim == "pass"
+    assert (await check(gone, resolver, "")).dkim == "permerror"
 
 
 async def test_dkim_passes_when_any_of_several_signatures_is_valid(
     dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
     domain, relay = new_domain(), new_domain()
+    # An outer signature whose key was withdrawn over one that verifies.
     raw = signed(message(domain), domain, rsa_key, dns_zone)
-    # A second, outer signature whose key was withdrawn: only the first verifies.
-    raw = signed(raw, relay, rsa_key, dns_zone, selector="old")
+    both = signed(raw, relay, rsa_key, dns_zone, selector="old")
+    only_withdrawn = signed(message(domain), relay, rsa_key, dns_zone, selector="old")
     dns_zone.clear(f"old._domainkey.{relay}", "TXT")
-    auth = await check(raw, resolver, "")
-    assert auth.dkim == "pass"
+
+    assert (await check(both, resolver, "")).dkim == "pass"
+    assert (await check(only_withdrawn, resolver, "")).dkim == "permerror"
 
 
 # --- DMARC ----------------------------------------------------------------------------
@@ -244,12 +270,15 @@ async def test_dkim_passes_when_any_of_several_signatures_is_valid(
 async def test_dmarc_passes_an_aligned_dkim_signature_although_spf_fails(
     dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "v=spf1 -all")
+    domain = spf_domain(dns_zone, "v=spf1 -all")
     dns_zone.publish(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject")
     raw = signed(message(domain), f"mail.{domain}", rsa_key, dns_zone)  # relaxed: same org
-    auth = await check(raw, resolver, f"bounce@{domain}")
-    assert auth == Authentication(spf="fail", dkim="pass", dmarc="pass")
+
+    aligned = await check(raw, resolver, f"bounce@{domain}")
+    unsigned = await check(message(domain), resolver, f"bounce@{domain}")
+
+    assert aligned == Authentication(spf="fail", dkim="pass", dmarc="pass")
+    assert unsigned == Authentication(spf="fail", dkim="none", dmarc="fail")
 
 
 async def test_dmarc_passes_an_aligned_spf_domain_of_an_unsigned_message(
@@ -258,19 +287,30 @@ async def test_dmarc_passes_an_aligned_spf_domain_of_an_unsigned_message(
     domain = new_domain()
     dns_zone.publish(f"bounces.{domain}", "TXT", "v=spf1 ip4:192.0.2.10 -all")
     dns_zone.publish(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=quarantine")
-    auth = await check(message(domain), resolver, f"b-123@bounces.{domain}")
-    assert auth == Authentication(spf="pass", dkim="none", dmarc="pass")
+
+    authorized = await check(message(domain), resolver, f"b-123@bounces.{domain}")
+    elsewhere = await check(
+        message(domain), resolver, f"b-123@bounces.{domain}", client_ip=OTHER_IP
+    )
+
+    assert authorized == Authentication(spf="pass", dkim="none", dmarc="pass")
+    assert elsewhere == Authentication(spf="fail", dkim="none", dmarc="fail")
 
 
 async def test_dmarc_fails_with_p_reject_when_only_unaligned_checks_pass(
     dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
-    domain, impostor = new_domain(), new_domain()
+    domain = new_domain()
+    impostor = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.10 -all")
     dns_zone.publish(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject; rua=mailto:d@example.org")
-    dns_zone.publish(impostor, "TXT", "v=spf1 ip4:192.0.2.10 -all")
-    raw = signed(message(domain), impostor, rsa_key, dns_zone)
-    auth = await check(raw, resolver, f"bounce@{impostor}")
-    assert auth == Authentication(spf="pass", dkim="pass", dmarc="fail")
+
+    unaligned = signed(message(domain), impostor, rsa_key, dns_zone)
+    own = signed(message(domain), domain, rsa_key, dns_zone)
+
+    assert await check(unaligned, resolver, f"bounce@{impostor}") == Authentication(
+        spf="pass", dkim="pass", dmarc="fail"
+    )
+    assert (await check(own, resolver, f"bounce@{impostor}")).dmarc == "pass"
 
 
 async def test_dmarc_strict_dkim_alignment_needs_the_exact_from_domain(
@@ -288,28 +328,41 @@ async def test_dmarc_strict_dkim_alignment_needs_the_exact_from_domain(
 async def test_dmarc_of_a_subdomain_uses_the_organizational_domains_record(
     dns_zone: Zone, resolver: SenderResolver
 ) -> None:
-    domain = new_domain()
+    domain, unpublished = new_domain(), new_domain()
     dns_zone.publish(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject; sp=none")
-    auth = await check(message(f"news.{domain}"), resolver, f"bounce@news.{domain}")
-    assert (auth.spf, auth.dkim, auth.dmarc) == ("none", "none", "fail")
+
+    sub = await check(message(f"news.{domain}"), resolver, f"bounce@news.{domain}")
+    other = await check(message(f"news.{unpublished}"), resolver, f"bounce@news.{unpublished}")
+
+    assert (sub.dmarc, other.dmarc) == ("fail", "none")
 
 
 async def test_dmarc_is_none_without_a_record(
     dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
-    domain = new_domain()
-    raw = signed(message(domain), domain, rsa_key, dns_zone)
-    auth = await check(raw, resolver, "")
-    assert (auth.dkim, auth.dmarc) == ("pass", "none")
+    without, with_record = new_domain(), new_domain()
+    dns_zone.publish(f"_dmarc.{with_record}", "TXT", "v=DMARC1; p=none")
+
+    none = await check(signed(message(without), without, rsa_key, dns_zone), resolver, "")
+    aligned = await check(
+        signed(message(with_record), with_record, rsa_key, dns_zone), resolver, ""
+    )
+
+    assert (none.dkim, none.dmarc) == ("pass", "none")
+    assert (aligned.dkim, aligned.dmarc) == ("pass", "pass")
 
 
 async def test_dmarc_is_permerror_for_a_record_without_a_valid_policy(
     dns_zone: Zone, resolver: SenderResolver
 ) -> None:
-    domain = new_domain()
-    dns_zone.publish(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=maybe")
-    auth = await check(message(domain), resolver, "")
-    assert auth.dmarc == "permerror"
+    malformed, wellformed = new_domain(), new_domain()
+    dns_zone.publish(f"_dmarc.{malformed}", "TXT", "v=DMARC1; p=maybe")
+    dns_zone.publish(f"_dmarc.{wellformed}", "TXT", "v=DMARC1; p=reject")
+
+    bad = await check(message(malformed), resolver, "")
+    good = await check(message(wellformed), resolver, "")
+
+    assert (bad.dmarc, good.dmarc) == ("permerror", "fail")
 
 
 def test_organizational_domain_follows_the_public_suffix_list() -> None:
@@ -322,25 +375,34 @@ def test_organizational_domain_follows_the_public_suffix_list() -> None:
 
 
 async def test_every_check_is_temperror_when_the_nameserver_does_not_answer(
-    dns_zone: Zone, rsa_key: tuple[bytes, str]
+    dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
-    domain = new_domain()
+    domain = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.10 -all")
+    dns_zone.publish(f"_dmarc.{domain}", "TXT", "v=DMARC1; p=reject")
     raw = signed(message(domain), domain, rsa_key, dns_zone)
     silent = SenderResolver(f"127.0.0.1:{free_port()}", 0.3)
-    auth = await check(raw, silent, f"bounce@{domain}")
-    assert auth == Authentication(spf="temperror", dkim="temperror", dmarc="temperror")
-    assert not passed(auth)
+
+    unanswered = await check(raw, silent, f"bounce@{domain}")
+    answered = await check(raw, resolver, f"bounce@{domain}")
+
+    assert unanswered == Authentication(spf="temperror", dkim="temperror", dmarc="temperror")
+    assert not passed(unanswered)
+    assert answered == Authentication(spf="pass", dkim="pass", dmarc="pass")
 
 
-async def test_the_overall_timeout_bounds_a_check_whose_lookups_would_wait_longer(
-    dns_zone: Zone, rsa_key: tuple[bytes, str]
+async def test_the_time_limit_bounds_a_check_whose_lookups_would_wait_longer(
+    dns_zone: Zone, resolver: SenderResolver, rsa_key: tuple[bytes, str]
 ) -> None:
-    domain = new_domain()
+    domain = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.10 -all")
     raw = signed(message(domain), domain, rsa_key, dns_zone)
     slow = SenderResolver(f"127.0.0.1:{free_port()}", 30.0)
+
     async with asyncio.timeout(10):  # a hang guard, not a measurement
-        auth = await authenticate(raw, CLIENT_IP, "mta.test", f"b@{domain}", slow, time_limit=0.2)
-    assert auth == Authentication(spf="temperror", dkim="temperror", dmarc="temperror")
+        cut = await authenticate(raw, CLIENT_IP, "mta.test", f"b@{domain}", slow, time_limit=0.2)
+    answered = await authenticate(raw, CLIENT_IP, "mta.test", f"b@{domain}", resolver)
+
+    assert cut == Authentication(spf="temperror", dkim="temperror", dmarc="temperror")
+    assert answered == Authentication(spf="pass", dkim="pass", dmarc="none")
 
 
 async def test_a_failed_lookup_is_remembered_briefly() -> None:
@@ -368,8 +430,11 @@ async def test_a_burst_from_one_domain_costs_one_lookup_per_record(
 async def test_a_message_whose_header_does_not_parse_gets_results_not_an_exception(
     dns_zone: Zone, resolver: SenderResolver
 ) -> None:
-    domain = new_domain()
-    dns_zone.publish(domain, "TXT", "v=spf1 ip4:192.0.2.0/24 -all")
-    raw = b"From: a@" + domain.encode() + b"\r\n\x00not a header line\r\n\r\nbody"
-    auth = await check(raw, resolver, f"bounce@{domain}")
+    domain = spf_domain(dns_zone, "v=spf1 ip4:192.0.2.0/24 -all")
+    broken = b"From: a@" + domain.encode() + b"\r\n\x00not a header line\r\n\r\nbody"
+
+    auth = await check(broken, resolver, f"bounce@{domain}")
+    intact = await check(message(domain), resolver, f"bounce@{domain}")
+
     assert auth == Authentication(spf="pass", dkim="permerror", dmarc="permerror")
+    assert intact == Authentication(spf="pass", dkim="none", dmarc="none")
