@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from cryptography.fernet import Fernet
-from dnslib import MX, QTYPE, RR, TXT
+from dnslib import MX, QTYPE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
@@ -73,7 +73,7 @@ def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 class Zone(BaseResolver):  # type: ignore[misc]
-    """A DNS zone the tests fill: ``(name, "MX"|"TXT") → [rdata]``; served by dnslib."""
+    """A DNS zone the tests fill: ``(name, "A"|"MX"|"TXT") → [rdata]``; served by dnslib."""
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], list[Any]] = {}
@@ -91,6 +91,8 @@ class Zone(BaseResolver):  # type: ignore[misc]
         if rtype == "MX":
             priority, host = value.split()
             rdata: Any = MX(host, int(priority))
+        elif rtype == "A":
+            rdata = A(value)
         else:
             rdata = TXT([value[i : i + 255] for i in range(0, len(value), 255)])
         self.records.setdefault((name.lower(), rtype), []).append(rdata)

@@ -3,5 +3,6 @@
 Server bootstrap with health and reflection (``server``), the error catalog
 (``errors``), settings (``config``), PostgreSQL pools and migrations (``db``),
 structured logging (``logs``), API-key authentication (``auth``), keyset page
-tokens (``pagination``) and prefixed, time-ordered IDs (``ids``).
+tokens (``pagination``), prefixed, time-ordered IDs (``ids``) and the DNS
+resolver of our nameservers (``nameservers``).
 """

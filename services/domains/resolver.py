@@ -6,11 +6,11 @@ empty, the system's resolver configuration is used.
 
 from __future__ import annotations
 
-import dns.asyncresolver
 import dns.exception
-import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+
+from services.chassis.nameservers import async_resolver
 
 
 class DnsLookup:
@@ -22,15 +22,8 @@ class DnsLookup:
     """
 
     def __init__(self, nameservers: str, timeout: float):
-        servers = [s.strip() for s in nameservers.split(",") if s.strip()]
-        self._resolver = dns.asyncresolver.Resolver(configure=not servers)
-        if servers:
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(host.strip("[]"), int(port))
-                for host, _, port in (s.rpartition(":") for s in servers)
-            ]
-        self._resolver.lifetime = timeout
-        self._resolver.cache = None  # a re-verify must see what DNS says now
+        # No cache: a re-verify must see what DNS says now.
+        self._resolver = async_resolver(nameservers, timeout)
 
     async def lookup(self, name: str, rdtype: str) -> list[str]:
         """Returns the records at ``name`` of type ``MX`` or ``TXT`` as text: MX as
