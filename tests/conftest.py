@@ -34,7 +34,8 @@ from services.inboxes import server as inboxes_server
 from services.mailboxes import server as mailboxes_server
 from services.messages import server as messages_server
 from services.messages.edge import serve_inbound
-from services.messages.ingest import Ingest
+from services.messages.ingest import Ingest, sender_authentication
+from services.messages.resolver import SenderResolver
 from services.messages.store import MailStore
 from services.pods import server as pods_server
 
@@ -301,6 +302,7 @@ async def edge(services: Services, settings: Settings) -> AsyncIterator[tuple[st
 
 
 @pytest.fixture(scope="session")
-def ingest(services: Services) -> Ingest:
+def ingest(services: Services, settings: Settings) -> Ingest:
     """The ingest worker, run step by step by the tests."""
-    return Ingest(MailStore(services.messages.pool))
+    resolver = SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds)
+    return Ingest(MailStore(services.messages.pool), sender_authentication(resolver))

@@ -17,7 +17,8 @@ from services.chassis.config import Settings
 from services.chassis.logs import get_logger
 from services.chassis.server import service_main
 from services.messages.edge import serve_inbound
-from services.messages.ingest import Ingest
+from services.messages.ingest import Ingest, sender_authentication
+from services.messages.resolver import SenderResolver
 from services.messages.server import MIGRATIONS, NAME, build
 from services.messages.store import MailStore
 
@@ -65,7 +66,9 @@ async def worker(settings: Settings) -> None:
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
 
     async def start() -> Callable[[], Awaitable[None]]:
-        task = asyncio.create_task(Ingest(MailStore(pool)).run_forever(settings.service_dsn(NAME)))
+        resolver = SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds)
+        ingest = Ingest(MailStore(pool), sender_authentication(resolver))
+        task = asyncio.create_task(ingest.run_forever(settings.service_dsn(NAME)))
         _log.info("worker_started")
 
         async def finish() -> None:

@@ -20,6 +20,8 @@ import asyncpg
 
 from services.chassis.logs import get_logger
 from services.messages import mime
+from services.messages.authentication import authenticate
+from services.messages.resolver import SenderResolver
 from services.messages.store import MailStore, Spooled
 
 _log = get_logger("mailplane.ingest")
@@ -35,6 +37,16 @@ Authenticator = Callable[[bytes, str, str, str], Awaitable[dict[str, str]]]
 async def no_authentication(raw: bytes, ip: str, helo: str, mail_from: str) -> dict[str, str]:
     """Results when sender authentication is not checked: ``none`` for all three."""
     return {"spf": "none", "dkim": "none", "dmarc": "none"}
+
+
+def sender_authentication(resolver: SenderResolver) -> Authenticator:
+    """The SPF/DKIM/DMARC check of ``services.messages.authentication`` over one
+    process-wide caching resolver (``MAILPLANE_DNS_NAMESERVERS``)."""
+
+    async def check(raw: bytes, ip: str, helo: str, mail_from: str) -> dict[str, str]:
+        return (await authenticate(raw, ip, helo, mail_from, resolver)).as_dict()
+
+    return check
 
 
 def labels_of(authentication: dict[str, str]) -> tuple[list[str], str]:

@@ -16,7 +16,7 @@ from services.chassis.config import Settings
 from services.messages.edge import serve_inbound
 from services.messages.ingest import Ingest
 from services.messages.store import MailStore
-from tests.conftest import Services, Tenant, free_port
+from tests.conftest import Services, Tenant, Zone, free_port
 
 SHARED = "mailplane.test"
 
@@ -67,13 +67,18 @@ def message(
     return mail
 
 
-async def send(edge: tuple[str, int], mail: EmailMessage | bytes, rcpts: list[str]) -> Any:
+async def send(
+    edge: tuple[str, int],
+    mail: EmailMessage | bytes,
+    rcpts: list[str],
+    sender: str = "ada@example.com",
+) -> Any:
     """Sends over real SMTP; returns aiosmtplib's answer: the refused recipients
     (address → (code, text)) and the final reply's text."""
     host, port = edge
     raw = mail if isinstance(mail, bytes) else mail.as_bytes()
     return await aiosmtplib.send(
-        raw, sender="ada@example.com", recipients=rcpts, hostname=host, port=port
+        raw, sender=sender, recipients=rcpts, hostname=host, port=port
     )
 
 
@@ -263,3 +268,29 @@ async def test_labels_trash_purge_restore_and_isolation(
     assert purged.json()["purged"] is True
     assert (await http.get(thread, headers=tenant.headers)).status_code == 404
     assert (await http.get(f"/v1/messages/{got['id']}", headers=tenant.headers)).status_code == 404
+
+
+async def test_a_sender_that_passes_spf_is_not_labelled_unauthenticated(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    dns_zone: Zone,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    domain = f"s{uuid.uuid4().hex[:10]}.example"
+    dns_zone.publish(domain, "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    mail = message(inbox["email"])
+    mail.replace_header("From", f"Ada <ada@{domain}>")
+    await send(edge, mail, [inbox["email"]], sender=f"ada@{domain}")
+    await drain(ingest)
+    (got,) = (
+        await http.get(f"/v1/inboxes/{inbox['id']}/messages", headers=tenant.headers)
+    ).json()["messages"]
+    assert got["authentication"]["spf"] == "pass"
+    assert "unauthenticated" not in got["labels"]
+    event = await services.messages.pool.fetchval(
+        "SELECT type FROM events WHERE account_id = $1", tenant.account_id
+    )
+    assert event == "message.received"
