@@ -196,3 +196,15 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
         return inboxes_pb2.VerifyInboxCredentialsResponse(
             inbox_id=inbox_id, account_id=account_id, pod_id=pod_id
         )
+
+    async def GetInboxAddresses(
+        self, request: inboxes_pb2.GetInboxAddressesRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.GetInboxAddressesResponse:
+        auth.require_operator()  # the route directory's sweep (DESIGN §3): never an account key
+        held = await self._service.held_addresses(list(request.inbox_ids))
+        return inboxes_pb2.GetInboxAddressesResponse(
+            addresses=[
+                inboxes_pb2.HeldAddress(owner_id=inbox_id, address=email, live=live)
+                for inbox_id, email, live in held
+            ]
+        )
