@@ -331,3 +331,15 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
             request.account_id, request.domain, request.can_receive
         )
         return mailboxes_pb2.SetDomainReceptionResponse(changed=changed)
+
+    async def GetMailboxAddresses(
+        self, request: mailboxes_pb2.GetMailboxAddressesRequest, context: grpc.aio.ServicerContext
+    ) -> mailboxes_pb2.GetMailboxAddressesResponse:
+        auth.require_operator()  # the route directory's sweep (DESIGN §3): never an account key
+        held = await self._service.held_addresses(list(request.mailbox_ids))
+        return mailboxes_pb2.GetMailboxAddressesResponse(
+            addresses=[
+                mailboxes_pb2.HeldAddress(owner_id=mailbox_id, address=address, live=live)
+                for mailbox_id, address, live in held
+            ]
+        )
