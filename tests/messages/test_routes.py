@@ -141,11 +141,14 @@ async def test_racing_an_inbox_and_a_mailbox_on_one_address_leaves_exactly_one(
             "live",
         )
         # The loser left nothing behind in its own service.
-        table = "mailboxes.mailboxes WHERE address" if kind == "inbox" else "inboxes.inboxes WHERE email"
+        table = (
+            "mailboxes.mailboxes WHERE address"
+            if kind == "inbox"
+            else "inboxes.inboxes WHERE email"
+        )
         assert await db.fetchval(f"SELECT count(*) FROM {table} = $1", f"{name}@{SHARED}") == 0
     # The two creates were in flight together (the race happened) in every round.
     assert overlapping == 50, overlapping
-    print("race winners", winners)
 
 
 async def test_one_catch_all_per_domain_across_accounts(
@@ -278,7 +281,10 @@ async def test_with_the_messages_service_down_creates_and_deletes_answer_unavail
             name = local("down")
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await inbox_stub.CreateInbox(
-                    inboxes_pb2.CreateInboxRequest(inbox=inboxes_pb2.Inbox(username=name), strict=True), metadata=big_tenant.metadata
+                    inboxes_pb2.CreateInboxRequest(
+                        inbox=inboxes_pb2.Inbox(username=name), strict=True
+                    ),
+                    metadata=big_tenant.metadata,
                 )
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -299,15 +305,15 @@ async def test_with_the_messages_service_down_creates_and_deletes_answer_unavail
             kept = (await create_inbox(http, big_tenant, username=name)).json()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await inbox_stub.DeleteInbox(
-                    inboxes_pb2.DeleteInboxRequest(inbox_id=kept['id']),
+                    inboxes_pb2.DeleteInboxRequest(inbox_id=kept["id"]),
                     metadata=big_tenant.metadata,
                 )
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert await services.inboxes.service.get(big_tenant.account_id, kept['id'])
+            assert await services.inboxes.service.get(big_tenant.account_id, kept["id"])
             await services.inboxes.service.sweep(3600)
             held = await route(db, f"{name}@{SHARED}")
             assert held is not None and (held["owner_id"], held["state"]) == (
-                kept['id'],
+                kept["id"],
                 "live",
             )
     finally:
