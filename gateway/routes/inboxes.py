@@ -71,6 +71,7 @@ OPERATIONS = (
             "account_expired",
             "inbox_limit_reached",
             "username_taken",
+            "address_taken",
         ),
         example={**_EXAMPLE, "existed": False, "credentials": _CREDENTIALS},
     ),

@@ -9,6 +9,7 @@ from mailplane.domains.v1 import domains_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
+from services.chassis.directory import AddressDirectory
 from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -33,7 +34,8 @@ async def build(settings: Settings) -> DomainsProcess:
 
     Before a domain is deleted or narrowed, every service that uses domains is
     asked for its count (DESIGN §3): inboxes and mailboxes; after each
-    verification the mailboxes service is told whether the domain can receive.
+    verification the mailboxes service is told whether the domain can receive,
+    and the messages service's route directory whether its addresses deliver.
 
     Raises:
         ValueError: ``MAILPLANE_DKIM_ENCRYPTION_KEY`` is unset.
@@ -46,6 +48,7 @@ async def build(settings: Settings) -> DomainsProcess:
     inboxes_channel = open_channel(settings.inboxes_addr)
     mailboxes_channel = open_channel(settings.mailboxes_addr)
     internal_token = settings.internal_token.get_secret_value()
+    messages_channel = open_channel(settings.messages_addr)
     mailboxes = MailboxUserCounter(
         mailboxes_channel, settings.peer_deadline_seconds, internal_token
     )
@@ -63,6 +66,11 @@ async def build(settings: Settings) -> DomainsProcess:
             mailboxes,
         ),
         reception_listeners=(mailboxes.reception_changed,),
+        routes=AddressDirectory(
+            messages_channel,
+            settings.peer_deadline_seconds,
+            settings.internal_token.get_secret_value(),
+        ),
     )
 
     async def sweep() -> None:
@@ -83,7 +91,7 @@ async def build(settings: Settings) -> DomainsProcess:
     )
     return ServiceProcess(
         pool=pool,
-        channels=[pods_channel, inboxes_channel, mailboxes_channel],
+        channels=[pods_channel, inboxes_channel, mailboxes_channel, messages_channel],
         service=service,
         grpc=server,
     )

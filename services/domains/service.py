@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.fernet import Fernet
 
@@ -38,6 +39,18 @@ DomainUserCounter = Callable[[str, str, str | None], Awaitable[dict[str, int]]]
 #: Told after each verification whether a domain can receive: arguments the
 #: account ID, the domain name and ``can_receive``. Raises ``unavailable``.
 ReceptionListener = Callable[[str, str, bool], Awaitable[None]]
+
+
+class DomainRoutes(Protocol):
+    """The route directory's view of custom domains (DESIGN §7.2): a custom-domain
+    address delivers only while its account holds the domain verified and able to
+    receive. Each method raises ``unavailable`` when the directory is down."""
+
+    async def set_domain_status(self, name: str, account_id: str, routes_deliver: bool) -> None:
+        """Records whether the account's routes on ``name`` deliver."""
+
+    async def forget_domain(self, name: str, account_id: str) -> None:
+        """Forgets a domain the account deleted."""
 
 
 def domain_not_found(ref: str) -> MailplaneError:
@@ -75,6 +88,8 @@ class DomainService:
         user_counters: one per service that uses domains.
         reception_listeners: told after each verification whether the domain
             can receive (the mailboxes service moves mailbox status).
+        routes: the route directory, told after each verification whether the
+            account's addresses on the domain deliver, and of each delete.
     """
 
     def __init__(
@@ -86,7 +101,9 @@ class DomainService:
         config: DomainSettings,
         user_counters: Sequence[DomainUserCounter] = (),
         reception_listeners: Sequence[ReceptionListener] = (),
+        routes: DomainRoutes | None = None,
     ):
+        self._routes = routes
         self._store = store
         self._pods = pods
         self._dns = dns
@@ -247,6 +264,13 @@ class DomainService:
         if not await self._store.delete_deleting(account_id, domain.id):
             raise _busy(domain)
         _log.info("domain_deleted", account_id=account_id, domain_id=domain.id)
+        if self._routes is not None:
+            # No address is left on the domain (domain_in_use), so a directory that
+            # missed this only keeps treating the name as ours (550, not relay).
+            try:
+                await self._routes.forget_domain(domain.name, account_id)
+            except MailplaneError as error:
+                _log.warning("route_domain_not_forgotten", domain_id=domain.id, code=error.code)
         return domain.id
 
     async def _raise_if_used(
@@ -293,6 +317,12 @@ class DomainService:
     async def _tell_reception(self, account_id: str, domain: Domain) -> None:
         # A listener that is down does not fail the verification: the domain's
         # state is stored, and the next verification tells it again.
+        if self._routes is not None:
+            deliver = domain.status == "verified" and domain.can_receive
+            try:
+                await self._routes.set_domain_status(domain.name, account_id, deliver)
+            except MailplaneError as error:
+                _log.warning("route_domain_not_told", domain_id=domain.id, code=error.code)
         for listener in self._reception_listeners:
             try:
                 await listener(account_id, domain.name, domain.can_receive)

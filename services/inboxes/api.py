@@ -36,6 +36,7 @@ INBOX_ACCESS: dict[str, auth.Access] = {
     "RotateInboxCredentials": auth.keys("write", "account", "pod"),
     "CountInboxes": auth.keys("read", "account", operator=True),
     "VerifyInboxCredentials": auth.OPERATOR_ONLY,
+    "GetInboxAddresses": auth.OPERATOR_ONLY,
 }
 
 
@@ -214,4 +215,15 @@ class InboxServicer(inboxes_pb2_grpc.InboxServiceServicer):
         )
         return inboxes_pb2.VerifyInboxCredentialsResponse(
             inbox_id=inbox_id, account_id=account_id, pod_id=pod_id
+        )
+
+    async def GetInboxAddresses(
+        self, request: inboxes_pb2.GetInboxAddressesRequest, context: grpc.aio.ServicerContext
+    ) -> inboxes_pb2.GetInboxAddressesResponse:
+        held = await self._service.held_addresses(list(request.inbox_ids))
+        return inboxes_pb2.GetInboxAddressesResponse(
+            addresses=[
+                inboxes_pb2.HeldAddress(owner_id=inbox_id, address=email, live=live)
+                for inbox_id, email, live in held
+            ]
         )

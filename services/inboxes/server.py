@@ -8,6 +8,7 @@ from mailplane.inboxes.v1 import inboxes_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
+from services.chassis.directory import AddressDirectory
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -30,6 +31,7 @@ async def build(settings: Settings) -> InboxesProcess:
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     pods_channel = open_channel(settings.pods_addr)
     domains_channel = open_channel(settings.domains_addr)
+    messages_channel = open_channel(settings.messages_addr)
     deadline = settings.peer_deadline_seconds
     internal_token = settings.internal_token.get_secret_value()
     pods = PodsClient(pods_channel, deadline, internal_token)
@@ -49,6 +51,7 @@ async def build(settings: Settings) -> InboxesProcess:
             settle_seconds=2 * deadline,
         ),
         CredentialHasher(settings.credential_hash_key.get_secret_value().encode()),
+        AddressDirectory(messages_channel, deadline, settings.internal_token.get_secret_value()),
     )
 
     async def sweep() -> None:
@@ -68,5 +71,8 @@ async def build(settings: Settings) -> InboxesProcess:
         sweep,
     )
     return ServiceProcess(
-        pool=pool, channels=[pods_channel, domains_channel], service=service, grpc=server
+        pool=pool,
+        channels=[pods_channel, domains_channel, messages_channel],
+        service=service,
+        grpc=server,
     )

@@ -6,6 +6,16 @@ that is account-wide or scoped to the same pod. Creation follows DESIGN §3's
 child side: check the pod and domain, commit the inbox ``pending``, re-check
 both, then make it live or undo it.
 
+Routes (DESIGN §7.2): an inbox's address is also a route in the messages
+service's directory, unique across inboxes, mailboxes and accounts. The route
+is claimed after the pending row is committed and confirmed after the inbox is
+live; an address the directory holds for anyone else is treated as taken (the
+next fallback, or ``address_taken`` when strict). A delete commits its intent
+(``deleting``), releases the route (a tombstone its pod may reclaim), then
+deletes the row. The directory being down fails a create or delete closed with
+``unavailable``. The sweep finishes or undoes what a crash left, and claims the
+routes of inboxes from before the directory, reporting conflicts.
+
 Allocation (seed 003): the caller's own address in the same pod is returned as
 it is (an idempotent retry); an address held otherwise falls back to
 ``username1`` … ``username99`` unless strict. Uniqueness across accounts is the
@@ -16,11 +26,13 @@ transaction. This module imports no transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from services.chassis import ids, pagination
 from services.chassis.addresses import domain_key
+from services.chassis.directory import AddressDirectory, AddressHeld, Claim
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
 from services.chassis.peers import AccountStanding, DomainsClient, PodRef, PodsClient
@@ -35,6 +47,8 @@ MAX_DISPLAY_NAME = 255
 #: How often, in seconds, a create waits on the same account's create of the
 #: same address that is still in flight.
 _SETTLE_POLL = 0.02
+#: How many stale or unrouted inboxes one sweep handles.
+SWEEP_BATCH = 200
 
 
 def inbox_not_found(inbox_id: str) -> MailplaneError:
@@ -79,6 +93,7 @@ class InboxService:
         domains: the domains service client.
         config: the shared domain and mail servers.
         hasher: hashes and verifies IMAP/SMTP passwords under the server-side key.
+        directory: the messages service's route directory.
     """
 
     def __init__(
@@ -88,7 +103,9 @@ class InboxService:
         domains: DomainsClient,
         config: InboxSettings,
         hasher: CredentialHasher,
+        directory: AddressDirectory,
     ):
+        self._directory = directory
         self._store = store
         self._pods = pods
         self._domains = domains
@@ -122,8 +139,10 @@ class InboxService:
             MailplaneError: ``invalid_argument``, ``pod_not_found``, ``pod_busy``,
                 ``domain_not_found``, ``domain_not_verified``,
                 ``domain_pod_mismatch``, ``domain_busy``, ``account_expired``,
-                ``username_taken``, ``inbox_limit_reached``, ``unavailable``
-                (nothing is left behind).
+                ``username_taken``, ``address_taken`` (strict, and the address
+                is another inbox's or mailbox's route, or a tombstone of another
+                pod), ``inbox_limit_reached``, ``unavailable`` (nothing is left
+                behind).
         """
         requested = addresses.check_username(username) if username is not None else None
         display_name = _check_display_name(display_name)
@@ -137,12 +156,16 @@ class InboxService:
             domain_name = self._config.shared_domain
         base = requested or addresses.generated_username(display_name, pod.name)
         try:
-            created = await self._allocate(account_id, pod, base, domain_name, display_name, strict)
+            created = await self._allocate_routed(
+                account_id, pod, base, domain_name, display_name, strict
+            )
         except MailplaneError as error:
             if requested is not None or error.code != "username_taken":
                 raise
             base = addresses.generated_username()  # a generated name and its fallbacks are taken
-            created = await self._allocate(account_id, pod, base, domain_name, display_name, strict)
+            created = await self._allocate_routed(
+                account_id, pod, base, domain_name, display_name, strict
+            )
         if not created.existed:
             await self._confirm_or_undo(account_id, created.inbox, custom is not None)
             _log.info(
@@ -162,7 +185,7 @@ class InboxService:
             raise invalid_argument("domain", "is empty; omit it for the shared domain.")
         return None if name == self._config.shared_domain else name
 
-    async def _allocate(
+    async def _allocate_routed(
         self,
         account_id: str,
         pod: PodRef,
@@ -171,8 +194,60 @@ class InboxService:
         display_name: str | None,
         strict: bool,
     ) -> Created:
-        names = addresses.candidates(base, strict)
-        emails = [f"{name}@{domain}" for name in names]
+        """Allocates a pending inbox whose address the directory has let it claim
+        (DESIGN §7.2): a candidate held there by anyone else counts as taken."""
+        held: set[str] = set()
+        while True:
+            created = await self._allocate(
+                account_id, pod, base, domain, display_name, strict, held
+            )
+            if created.existed:
+                return created
+            inbox = created.inbox
+            try:
+                await self._directory.claim(_claim_of(inbox))
+                return created
+            except AddressHeld as error:
+                await self._store.delete_pending(account_id, inbox.id)
+                _log.info(
+                    "inbox_address_held",
+                    account_id=account_id,
+                    email=inbox.email,
+                    holder_kind=error.holder.get("holderKind"),
+                    holder_state=error.holder.get("holderState"),
+                )
+                if strict:
+                    raise address_taken(inbox.email) from None
+                held.add(inbox.email)
+            except BaseException:
+                await self._undo(inbox)
+                raise
+
+    async def _undo(self, inbox: Inbox) -> None:
+        """Removes a pending inbox and releases its claim. With the directory down
+        the claim stays pending: the directory's sweep drops it, since no inbox
+        holds it any more."""
+        await self._store.delete_pending(inbox.account_id, inbox.id)
+        with contextlib.suppress(MailplaneError):
+            await self._directory.release(inbox.id, inbox.email)
+
+    async def _allocate(
+        self,
+        account_id: str,
+        pod: PodRef,
+        base: str,
+        domain: str,
+        display_name: str | None,
+        strict: bool,
+        held: set[str],
+    ) -> Created:
+        pairs = [
+            (name, f"{name}@{domain}")
+            for name in addresses.candidates(base, strict)
+            if f"{name}@{domain}" not in held
+        ]
+        names = [name for name, _ in pairs]
+        emails = [email for _, email in pairs]
         standing: AccountStanding | None = None
         password: str | None = None
         password_hash = ""
@@ -194,7 +269,7 @@ class InboxService:
                 await asyncio.sleep(_SETTLE_POLL)  # its create is in flight: let it settle
                 continue
             if choice is None:
-                raise addresses.username_taken(emails[0], strict)
+                raise addresses.username_taken(f"{base}@{domain}", strict)
             if standing is None:  # asked only when an inbox is to be made, not for a retry
                 standing = await self._pods.get_account()
             if standing.expired:
@@ -243,8 +318,14 @@ class InboxService:
                     "unavailable", "The inbox's creation took too long and was undone; retry."
                 )
         except BaseException:
-            await self._store.delete_pending(account_id, inbox.id)
+            await self._undo(inbox)
             raise
+        try:
+            await self._directory.confirm(_claim_of(inbox))
+        except (MailplaneError, AddressHeld) as error:
+            # The inbox is live: its claim stays pending (mail answers 451) until the
+            # directory's sweep sees the live inbox and confirms it.
+            _log.warning("inbox_route_unconfirmed", inbox_id=inbox.id, error=repr(error))
 
     async def get(self, account_id: str, inbox_id: str) -> Inbox:
         """Returns an inbox of the account. Raises ``inbox_not_found``."""
@@ -290,9 +371,22 @@ class InboxService:
         return inbox
 
     async def delete(self, account_id: str, inbox_id: str) -> str:
-        """Deletes an inbox and its credentials; returns its ID. Raises ``inbox_not_found``."""
-        if not await self._store.delete(account_id, inbox_id):
+        """Deletes an inbox and its credentials and tombstones its route (its pod
+        may claim the address again within the reclaim window); returns its ID.
+
+        Raises:
+            MailplaneError: ``inbox_not_found``; ``unavailable`` when the
+                directory is down (the inbox stays).
+        """
+        inbox = await self._store.begin_delete(account_id, inbox_id) if inbox_id else None
+        if inbox is None:
             raise inbox_not_found(inbox_id)
+        try:
+            await self._directory.release(inbox.id)
+        except BaseException:
+            await self._store.rollback_delete(account_id, inbox.id)
+            raise
+        await self._store.finish_delete(account_id, inbox.id)
         _log.info("inbox_deleted", account_id=account_id, inbox_id=inbox_id)
         return inbox_id
 
@@ -340,11 +434,75 @@ class InboxService:
         name = domain_key(domain) if domain else None
         return await self._store.count(account_id, pod_id, name, outside_pod_id)
 
-    async def sweep(self, older_than_seconds: float) -> None:
-        """Undoes pending creates left by a crash (DESIGN §3)."""
-        swept = await self._store.sweep(older_than_seconds)
+    async def held_addresses(self, inbox_ids: list[str]) -> list[tuple[str, str, bool]]:
+        """``(inbox_id, email, live)`` of the given inboxes that are pending or
+        live, for the directory's sweep of stale claims."""
+        return await self._store.held_addresses(inbox_ids)
+
+    async def sweep(self, older_than_seconds: float) -> int:
+        """Finishes what a crash left (DESIGN §3): a stale pending create is undone
+        and its claim released; a stale delete releases its route and finishes.
+        Then claims and confirms the routes of live inboxes that have none (those
+        from before the directory); an address another owner holds is a
+        conflict, logged as ``route_conflict`` with both owners and kept.
+
+        Returns:
+            How many conflicts this sweep found.
+
+        Raises:
+            MailplaneError: ``unavailable`` when the directory is down (the next
+                sweep tries again).
+        """
+        swept: list[str] = []
+        for inbox in await self._store.stale(older_than_seconds, SWEEP_BATCH):
+            await self._directory.release(
+                inbox.id, inbox.email if inbox.state == "pending" else None
+            )
+            if inbox.state == "pending":
+                await self._store.delete_pending(inbox.account_id, inbox.id)
+            else:
+                await self._store.finish_delete(inbox.account_id, inbox.id)
+            swept.append(inbox.id)
         if swept:
-            _log.info("stale_pending_inboxes_swept", inbox_ids=swept)
+            _log.info("stale_inboxes_swept", inbox_ids=swept)
+        conflicts = 0
+        for inbox_id, account_id, pod_id, email in await self._store.unrouted(SWEEP_BATCH):
+            claim = Claim(email, "inbox", inbox_id, account_id, pod_id)
+            try:
+                await self._directory.claim(claim)
+                await self._directory.confirm(claim)
+            except AddressHeld as error:
+                conflicts += 1
+                _log.warning(
+                    "route_conflict",
+                    address=email,
+                    owner_id=inbox_id,
+                    account_id=account_id,
+                    holder_owner_id=error.holder.get("holderOwnerId"),
+                    holder_account_id=error.holder.get("holderAccountId"),
+                    holder_kind=error.holder.get("holderKind"),
+                    holder_state=error.holder.get("holderState"),
+                )
+                await self._store.set_route_state(account_id, inbox_id, "conflict")
+                continue
+            await self._store.set_route_state(account_id, inbox_id, "routed")
+            _log.info("inbox_route_backfilled", inbox_id=inbox_id, address=email)
+        return conflicts
+
+
+def _claim_of(inbox: Inbox) -> Claim:
+    return Claim(inbox.email.lower(), "inbox", inbox.id, inbox.account_id, inbox.pod_id)
+
+
+def address_taken(email: str) -> MailplaneError:
+    """Returns the ``address_taken`` error of an address the directory holds for
+    another owner (a mailbox, another account's inbox, a tombstone)."""
+    return MailplaneError(
+        "address_taken",
+        f"{email} is taken by another inbox or mailbox, or reserved after a delete; choose "
+        "another username or retry without strict=true.",
+        {"email": email},
+    )
 
 
 def _first_usable(

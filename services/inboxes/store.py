@@ -6,6 +6,7 @@ the credential check of the IMAP/SMTP front, which starts from an address."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -65,9 +66,20 @@ UPDATE inboxes SET display_name = $3, updated_at = now()
 WHERE account_id = $1 AND id = $2 AND state = 'live'
 RETURNING {_COLUMNS}
 """
-DELETE_INBOX = (
-    "DELETE FROM inboxes WHERE account_id = $1 AND id = $2 AND state = 'live' RETURNING id"
-)
+#: A delete's intent (DESIGN §3): the inbox disappears from reads while its route
+#: is released; then FINISH_DELETE, or ROLLBACK_DELETE when the directory is down.
+BEGIN_DELETE = f"""
+UPDATE inboxes SET state = 'deleting', state_changed_at = now()
+WHERE account_id = $1 AND id = $2 AND state = 'live'
+RETURNING {_COLUMNS}
+"""
+FINISH_DELETE = "DELETE FROM inboxes WHERE account_id = $1 AND id = $2 AND state = 'deleting'"
+#: Back to live, its route to be claimed again by the sweep (a release whose answer
+#: was lost may have tombstoned it).
+ROLLBACK_DELETE = """
+UPDATE inboxes SET state = 'live', state_changed_at = now(), route_state = 'unrouted'
+WHERE account_id = $1 AND id = $2 AND state = 'deleting'
+"""
 SET_PASSWORD_HASH = """
 UPDATE inbox_credentials c SET password_hash = $3, rotated_at = now()
 FROM inboxes i
@@ -85,10 +97,27 @@ WHERE account_id = $1
   AND ($3::text IS NULL OR domain = $3)
   AND ($4::text IS NULL OR pod_id <> $4)
 """
-SWEEP_PENDING = """
-DELETE FROM inboxes
-WHERE state = 'pending' AND state_changed_at < now() - make_interval(secs => $1)
-RETURNING id
+#: Creates and deletes a crash left in flight, for the sweep to finish or undo.
+SELECT_STALE = """
+SELECT id, account_id, lower(email) AS email, state FROM inboxes
+WHERE state IN ('pending', 'deleting') AND state_changed_at < now() - make_interval(secs => $1)
+ORDER BY state_changed_at
+LIMIT $2
+"""
+#: Live inboxes whose route is yet to be claimed (from before the directory).
+SELECT_UNROUTED = """
+SELECT id, account_id, pod_id, lower(email) AS email FROM inboxes
+WHERE route_state = 'unrouted' AND state = 'live'
+ORDER BY created_at, id
+LIMIT $1
+"""
+SET_ROUTE_STATE = """
+UPDATE inboxes SET route_state = $3 WHERE account_id = $1 AND id = $2 AND state = 'live'
+"""
+#: The addresses some inboxes hold, for the directory's sweep (any account).
+SELECT_HELD = """
+SELECT id, lower(email) AS email, state FROM inboxes
+WHERE id = ANY($1::text[]) AND state IN ('pending', 'live')
 """
 
 
@@ -105,6 +134,16 @@ def _inbox(row: asyncpg.Record) -> Inbox:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """An inbox a crash left ``pending`` (a create) or ``deleting`` (a delete)."""
+
+    id: str
+    account_id: str
+    email: str
+    state: str
 
 
 class AddressTaken(Exception):
@@ -207,9 +246,19 @@ class InboxStore:
         row = await self._pool.fetchrow(UPDATE_DISPLAY_NAME, account_id, inbox_id, display_name)
         return _inbox(row) if row else None
 
-    async def delete(self, account_id: str, inbox_id: str) -> bool:
-        """Deletes a live inbox and its credentials; whether it existed."""
-        return await self._pool.fetchval(DELETE_INBOX, account_id, inbox_id) is not None
+    async def begin_delete(self, account_id: str, inbox_id: str) -> Inbox | None:
+        """Commits a delete's intent: the live inbox becomes ``deleting`` (gone for
+        reads); ``None`` if there is no such live inbox."""
+        row = await self._pool.fetchrow(BEGIN_DELETE, account_id, inbox_id)
+        return _inbox(row) if row else None
+
+    async def finish_delete(self, account_id: str, inbox_id: str) -> None:
+        """Deletes a ``deleting`` inbox and its credentials."""
+        await self._pool.execute(FINISH_DELETE, account_id, inbox_id)
+
+    async def rollback_delete(self, account_id: str, inbox_id: str) -> None:
+        """Makes a ``deleting`` inbox live again, its route to be claimed again."""
+        await self._pool.execute(ROLLBACK_DELETE, account_id, inbox_id)
 
     async def set_password_hash(self, account_id: str, inbox_id: str, password_hash: str) -> bool:
         """Replaces a live inbox's password hash; whether the inbox exists."""
@@ -233,7 +282,23 @@ class InboxStore:
             await self._pool.fetchval(COUNT_INBOXES, account_id, pod_id, domain, outside_pod_id)
         )
 
-    async def sweep(self, older_than_seconds: float) -> list[str]:
-        """Deletes pending inboxes older than ``older_than_seconds``; their IDs."""
-        rows = await self._pool.fetch(SWEEP_PENDING, older_than_seconds)
-        return [r["id"] for r in rows]
+    async def stale(self, older_than_seconds: float, limit: int) -> list[Unsettled]:
+        """Inboxes ``pending`` or ``deleting`` for longer than ``older_than_seconds``."""
+        rows = await self._pool.fetch(SELECT_STALE, older_than_seconds, limit)
+        return [Unsettled(r["id"], r["account_id"], r["email"], r["state"]) for r in rows]
+
+    async def unrouted(self, limit: int) -> list[tuple[str, str, str, str]]:
+        """Live inboxes whose route is yet to be claimed: ``(id, account_id,
+        pod_id, email)``, oldest first."""
+        rows = await self._pool.fetch(SELECT_UNROUTED, limit)
+        return [(r["id"], r["account_id"], r["pod_id"], r["email"]) for r in rows]
+
+    async def set_route_state(self, account_id: str, inbox_id: str, route_state: str) -> None:
+        """Records a live inbox's ``routed`` or ``conflict`` route state."""
+        await self._pool.execute(SET_ROUTE_STATE, account_id, inbox_id, route_state)
+
+    async def held_addresses(self, inbox_ids: Sequence[str]) -> list[tuple[str, str, bool]]:
+        """``(inbox_id, email, live)`` of those of ``inbox_ids`` that are pending
+        or live, in any account."""
+        rows = await self._pool.fetch(SELECT_HELD, list(inbox_ids))
+        return [(r["id"], r["email"], r["state"] == "live") for r in rows]

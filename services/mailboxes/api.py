@@ -46,6 +46,7 @@ MAILBOX_ACCESS: dict[str, auth.Access] = {
     "DeleteRule": auth.keys("write", *auth.ALL_SCOPES),
     "CountMailboxes": auth.keys("read", "account", operator=True),
     "SetDomainReception": auth.OPERATOR_ONLY,
+    "GetMailboxAddresses": auth.OPERATOR_ONLY,
 }
 
 _STATUS_TO_PB = {
@@ -352,3 +353,14 @@ class MailboxServicer(mailboxes_pb2_grpc.MailboxServiceServicer):
         account_id = auth.acting_account(request.account_id)
         changed = await self._service.set_reception(account_id, request.domain, request.can_receive)
         return mailboxes_pb2.SetDomainReceptionResponse(changed=changed)
+
+    async def GetMailboxAddresses(
+        self, request: mailboxes_pb2.GetMailboxAddressesRequest, context: grpc.aio.ServicerContext
+    ) -> mailboxes_pb2.GetMailboxAddressesResponse:
+        held = await self._service.held_addresses(list(request.mailbox_ids))
+        return mailboxes_pb2.GetMailboxAddressesResponse(
+            addresses=[
+                mailboxes_pb2.HeldAddress(owner_id=mailbox_id, address=address, live=live)
+                for mailbox_id, address, live in held
+            ]
+        )

@@ -8,6 +8,7 @@ from mailplane.mailboxes.v1 import mailboxes_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
+from services.chassis.directory import AddressDirectory
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -29,6 +30,7 @@ async def build(settings: Settings) -> MailboxesProcess:
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     pods_channel = open_channel(settings.pods_addr)
     domains_channel = open_channel(settings.domains_addr)
+    messages_channel = open_channel(settings.messages_addr)
     deadline = settings.peer_deadline_seconds
     internal_token = settings.internal_token.get_secret_value()
     pods = PodsClient(pods_channel, deadline, internal_token)
@@ -41,6 +43,7 @@ async def build(settings: Settings) -> MailboxesProcess:
         pods,
         DomainsClient(domains_channel, deadline, internal_token),
         settings.shared_domain,
+        AddressDirectory(messages_channel, deadline, settings.internal_token.get_secret_value()),
     )
 
     async def sweep() -> None:
@@ -60,5 +63,8 @@ async def build(settings: Settings) -> MailboxesProcess:
         sweep,
     )
     return ServiceProcess(
-        pool=pool, channels=[pods_channel, domains_channel], service=service, grpc=server
+        pool=pool,
+        channels=[pods_channel, domains_channel, messages_channel],
+        service=service,
+        grpc=server,
     )

@@ -7,12 +7,23 @@ that domain can receive and ``provisioning`` until it can, and the domains
 service tells this service when a domain's reception changes. Creation, clone
 and address change follow DESIGN §3's child side. The plan's mailbox limit, the
 one catch-all per domain and the last-mailbox guard are enforced in this
-service's own transactions. This module imports no transport.
+service's own transactions.
+
+Routes (DESIGN §7.2): a mailbox's address, and ``*@domain`` while it is its
+domain's catch-all, are routes in the messages service's directory, unique
+across inboxes, mailboxes and accounts (so one catch-all per domain across
+accounts). A create or clone claims its address after the pending row and
+confirms it once live; an address or catch-all change claims the new routes,
+switches, then releases the old; a delete releases its routes. The directory
+being down fails these closed with ``unavailable``. The sweep finishes or undoes
+what a crash left and claims the routes of mailboxes from before the directory,
+reporting conflicts. This module imports no transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
@@ -20,6 +31,12 @@ from typing import Any
 
 from services.chassis import ids, pagination
 from services.chassis.addresses import check_local_part, domain_key
+from services.chassis.directory import (
+    AddressDirectory,
+    AddressHeld,
+    Claim,
+    catch_all_address,
+)
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
 from services.chassis.peers import DomainsClient, PodRef, PodsClient
@@ -34,7 +51,7 @@ from services.mailboxes.models import (
     Rule,
     empty_config,
 )
-from services.mailboxes.store import MailboxStore
+from services.mailboxes.store import MailboxStore, address_taken, catch_all_taken
 
 _log = get_logger("mailplane.mailboxes")
 MAX_TEXT = 255
@@ -42,6 +59,8 @@ MAX_FOLDER_NAME = 100
 MAX_LONG_TEXT = 5000
 MAX_RATE_LIMIT = 1_000_000
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+#: How many stale, unreleased or unrouted mailboxes one sweep handles.
+SWEEP_BATCH = 200
 
 
 def mailbox_not_found(mailbox_id: str) -> MailplaneError:
@@ -70,11 +89,18 @@ class MailboxService:
         pods: the pods service client.
         domains: the domains service client.
         shared_domain: the platform's own domain (DESIGN §1).
+        directory: the messages service's route directory.
     """
 
     def __init__(
-        self, store: MailboxStore, pods: PodsClient, domains: DomainsClient, shared_domain: str
+        self,
+        store: MailboxStore,
+        pods: PodsClient,
+        domains: DomainsClient,
+        shared_domain: str,
+        directory: AddressDirectory,
     ):
+        self._directory = directory
         self._store = store
         self._pods = pods
         self._domains = domains
@@ -152,7 +178,21 @@ class MailboxService:
                 f"Mailbox limit reached ({limit}). Upgrade your plan to create more mailboxes.",
                 {"limit": limit or 0},
             )
+        try:
+            await self._directory.claim(routes_of(mailbox)[0])
+        except AddressHeld:
+            await self._store.delete_pending(account_id, mailbox.id)
+            raise address_taken(mailbox.address) from None
+        except BaseException:
+            await self._undo(mailbox)
+            raise
         live = await self._confirm_or_undo(account_id, mailbox)
+        try:
+            await self._directory.confirm(routes_of(live)[0])
+        except (MailplaneError, AddressHeld) as error:
+            # The mailbox is live: its claim stays pending (mail answers 451) until the
+            # directory's sweep sees the live mailbox and confirms it.
+            _log.warning("mailbox_route_unconfirmed", mailbox_id=live.id, error=repr(error))
         _log.info(
             "mailbox_created",
             account_id=account_id,
@@ -182,8 +222,16 @@ class MailboxService:
                 )
             return live
         except BaseException:
-            await self._store.delete_pending(account_id, mailbox.id)
+            await self._undo(mailbox)
             raise
+
+    async def _undo(self, mailbox: Mailbox) -> None:
+        """Removes a pending mailbox and releases its claim. With the directory
+        down the claim stays pending: the directory's sweep drops it, since no
+        mailbox holds it any more."""
+        await self._store.delete_pending(mailbox.account_id, mailbox.id)
+        with contextlib.suppress(MailplaneError):
+            await self._directory.release(mailbox.id, mailbox.address)
 
     async def _place(self, account_id: str, raw: str, pod_id: str, *, verified: bool) -> Placement:
         """Parses an address and checks the pod may use its domain."""
@@ -268,12 +316,87 @@ class MailboxService:
             )
         if not sql_changes:
             return mailbox
-        updated = await self._store.update(account_id, mailbox, sql_changes)
-        if updated is None:
-            raise mailbox_not_found(mailbox_id)
-        if place is not None:
-            await self._confirm_address_or_revert(account_id, mailbox, updated)
+        before = routes_of(mailbox)
+        after = routes_of(
+            replace(
+                mailbox,
+                address=place.address if place else mailbox.address,
+                domain=place.domain if place else mailbox.domain,
+                catch_all=sql_changes.get("catch_all", mailbox.catch_all),
+            )
+        )
+        added = [c for c in after if c.address not in {b.address for b in before}]
+        removed = [c for c in before if c.address not in {a.address for a in after}]
+        await self._claim_all(added)  # DESIGN §7.2: claim new → switch → release old
+        try:
+            updated = await self._store.update(account_id, mailbox, sql_changes)
+            if updated is None:
+                raise mailbox_not_found(mailbox_id)
+            if place is not None:
+                await self._confirm_address_or_revert(account_id, mailbox, updated)
+        except BaseException:
+            await self._release_quietly(mailbox.id, added)
+            raise
+        if removed:
+            await self._release_or_revert(mailbox, updated, removed, added)
+        for claim in added:
+            try:
+                await self._directory.confirm(claim)
+            except (MailplaneError, AddressHeld) as error:
+                _log.warning("mailbox_route_unconfirmed", mailbox_id=mailbox.id, error=repr(error))
         return updated
+
+    async def _claim_all(self, claims: list[Claim]) -> None:
+        """Claims routes, all or none.
+
+        Raises:
+            MailplaneError: ``address_taken``, ``catch_all_taken``, ``unavailable``.
+        """
+        done: list[Claim] = []
+        try:
+            for claim in claims:
+                await self._directory.claim(claim)
+                done.append(claim)
+        except AddressHeld:
+            await self._release_quietly(claims[0].owner_id, done)
+            failed = claims[len(done)]
+            if failed.kind == "catch_all":
+                raise catch_all_taken(failed.address.removeprefix("*@")) from None
+            raise address_taken(failed.address) from None
+        except BaseException:
+            await self._release_quietly(claims[0].owner_id, done)
+            raise
+
+    async def _release_quietly(self, owner_id: str, claims: list[Claim]) -> None:
+        """Releases claims while undoing; with the directory down they stay
+        pending and the directory's sweep drops those no mailbox holds."""
+        for claim in claims:
+            with contextlib.suppress(MailplaneError):
+                await self._directory.release(owner_id, claim.address)
+
+    async def _release_or_revert(
+        self, before: Mailbox, after: Mailbox, removed: list[Claim], added: list[Claim]
+    ) -> None:
+        """Releases the routes a change dropped; if the directory is down, the
+        change is reverted (fail closed) and its routes claimed again by the sweep."""
+        try:
+            for claim in removed:
+                await self._directory.release(before.id, claim.address)
+        except BaseException:
+            await self._store.update(
+                before.account_id,
+                after,
+                {
+                    "address": before.address,
+                    "domain": before.domain,
+                    "can_receive": before.can_receive,
+                    "exact_status": before.status,
+                    "catch_all": before.catch_all,
+                },
+            )
+            await self._store.set_route_state(before.account_id, before.id, "unrouted")
+            await self._release_quietly(before.id, added)
+            raise
 
     async def _new_address(self, mailbox: Mailbox, raw: Any) -> Placement:
         if not isinstance(raw, str):
@@ -318,7 +441,8 @@ class MailboxService:
 
         Raises:
             MailplaneError: ``mailbox_not_found``; ``last_mailbox`` for the
-                account's last live mailbox.
+                account's last live mailbox; ``unavailable`` when the directory
+                is down (the mailbox stays).
         """
         done = await self._store.soft_delete(account_id, mailbox_id)
         if done is None:
@@ -329,6 +453,15 @@ class MailboxService:
             )
         if not done:
             raise mailbox_not_found(mailbox_id)
+        try:
+            await self._directory.release(mailbox_id)
+        except BaseException:
+            # Fail closed: the mailbox comes back, its routes to be claimed again by
+            # the sweep. If its address went to another mailbox meanwhile it stays
+            # deleted, and the sweep releases its routes.
+            await self._store.undelete(account_id, mailbox_id)
+            raise
+        await self._store.set_route_state(account_id, mailbox_id, "released")
         _log.info("mailbox_deleted", account_id=account_id, mailbox_id=mailbox_id)
         return mailbox_id
 
@@ -373,11 +506,70 @@ class MailboxService:
             _log.info("mailbox_reception_changed", domain=domain, can_receive=can_receive)
         return changed
 
-    async def sweep(self, older_than_seconds: float) -> None:
-        """Undoes pending creates left by a crash (DESIGN §3)."""
-        swept = await self._store.sweep(older_than_seconds)
+    async def held_addresses(self, mailbox_ids: list[str]) -> list[tuple[str, str, bool]]:
+        """``(mailbox_id, address, live)`` of the routes the given mailboxes hold
+        (their address, and ``*@domain`` for a catch-all), for the directory's
+        sweep of stale claims."""
+        held: list[tuple[str, str, bool]] = []
+        for mailbox_id, address, domain, catch_all, live in await self._store.held_addresses(
+            mailbox_ids
+        ):
+            held.append((mailbox_id, address, live))
+            if catch_all:
+                held.append((mailbox_id, catch_all_address(domain), live))
+        return held
+
+    async def sweep(self, older_than_seconds: float) -> int:
+        """Finishes what a crash left (DESIGN §3): a stale pending create is undone
+        and its claim released; a deleted mailbox's routes are released. Then
+        claims and confirms the routes of live mailboxes that have none (those
+        from before the directory); an address another owner holds is a
+        conflict, logged as ``route_conflict`` with both owners and kept.
+
+        Returns:
+            How many conflicts this sweep found.
+
+        Raises:
+            MailplaneError: ``unavailable`` when the directory is down (the next
+                sweep tries again).
+        """
+        swept = []
+        for mailbox_id, account_id in await self._store.stale_pending(
+            older_than_seconds, SWEEP_BATCH
+        ):
+            await self._directory.release(mailbox_id)
+            await self._store.delete_pending(account_id, mailbox_id)
+            swept.append(mailbox_id)
+        for mailbox_id, account_id in await self._store.unreleased(older_than_seconds, SWEEP_BATCH):
+            await self._directory.release(mailbox_id)
+            await self._store.set_route_state(account_id, mailbox_id, "released")
+            swept.append(mailbox_id)
         if swept:
-            _log.info("stale_pending_mailboxes_swept", mailbox_ids=swept)
+            _log.info("stale_mailboxes_swept", mailbox_ids=swept)
+        conflicts = 0
+        for mailbox in await self._store.unrouted(SWEEP_BATCH):
+            state = "routed"
+            for claim in routes_of(mailbox):
+                try:
+                    await self._directory.claim(claim)
+                    await self._directory.confirm(claim)
+                except AddressHeld as error:
+                    conflicts += 1
+                    state = "conflict"
+                    _log.warning(
+                        "route_conflict",
+                        address=claim.address,
+                        owner_id=mailbox.id,
+                        account_id=mailbox.account_id,
+                        holder_owner_id=error.holder.get("holderOwnerId"),
+                        holder_account_id=error.holder.get("holderAccountId"),
+                        holder_kind=error.holder.get("holderKind"),
+                        holder_state=error.holder.get("holderState"),
+                    )
+            await self._store.set_route_state(mailbox.account_id, mailbox.id, state)
+            if state == "routed":
+                _log.info("mailbox_routes_backfilled", mailbox_id=mailbox.id)
+        return conflicts
 
     # Folders and rules --------------------------------------------------------------
 
@@ -445,6 +637,23 @@ class MailboxService:
         if not await self._store.delete_rule(account_id, mailbox_id, rule_id):
             raise _rule_not_found(rule_id)
         return rule_id
+
+
+def routes_of(mailbox: Mailbox) -> list[Claim]:
+    """The routes a mailbox holds: its address, then ``*@domain`` while it is
+    its domain's catch-all."""
+    claims = [Claim(mailbox.address, "mailbox", mailbox.id, mailbox.account_id, mailbox.pod_id)]
+    if mailbox.catch_all:
+        claims.append(
+            Claim(
+                catch_all_address(mailbox.domain),
+                "catch_all",
+                mailbox.id,
+                mailbox.account_id,
+                mailbox.pod_id,
+            )
+        )
+    return claims
 
 
 def _status_for(wanted: str, can_receive: bool) -> str:

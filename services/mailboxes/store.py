@@ -87,10 +87,37 @@ WHERE account_id = $1 AND domain = $2 AND NOT shared_domain AND deleted_at IS NU
   AND (can_receive <> $3 OR status IN ('provisioning', 'error', 'active'))
 RETURNING id, status
 """
-SWEEP_PENDING = """
-DELETE FROM mailboxes
+SELECT_STALE_PENDING = """
+SELECT id, account_id FROM mailboxes
 WHERE state = 'pending' AND state_changed_at < now() - make_interval(secs => $1)
-RETURNING id
+ORDER BY state_changed_at
+LIMIT $2
+"""
+#: Deleted mailboxes whose routes are still to be released (a crash after the delete).
+SELECT_UNRELEASED = """
+SELECT id, account_id FROM mailboxes
+WHERE route_state = 'routed' AND deleted_at IS NOT NULL
+  AND deleted_at < now() - make_interval(secs => $1)
+ORDER BY deleted_at
+LIMIT $2
+"""
+#: Live mailboxes whose routes are yet to be claimed (from before the directory).
+SELECT_UNROUTED = f"""
+SELECT {_COLUMNS} FROM mailboxes
+WHERE route_state = 'unrouted' AND {_VISIBLE}
+ORDER BY created_at, id
+LIMIT $1
+"""
+SET_ROUTE_STATE = "UPDATE mailboxes SET route_state = $3 WHERE account_id = $1 AND id = $2"
+#: Undoes a soft delete whose routes could not be released; the sweep claims them again.
+UNDELETE = """
+UPDATE mailboxes SET deleted_at = NULL, route_state = 'unrouted', updated_at = now()
+WHERE account_id = $1 AND id = $2 AND deleted_at IS NOT NULL
+"""
+#: The addresses some mailboxes hold, for the directory's sweep (any account).
+SELECT_HELD = """
+SELECT id, address, domain, catch_all, state FROM mailboxes
+WHERE id = ANY($1::text[]) AND deleted_at IS NULL
 """
 _OWNED = f"""mailbox_id = (
     SELECT id FROM mailboxes WHERE account_id = $1 AND id = $2 AND {_VISIBLE})"""
@@ -362,9 +389,44 @@ class MailboxStore:
         rows = await self._pool.fetch(SET_RECEPTION, account_id, domain, can_receive)
         return len(rows)
 
-    async def sweep(self, older_than_seconds: float) -> list[str]:
-        """Deletes pending mailboxes older than ``older_than_seconds``; their IDs."""
-        return [r["id"] for r in await self._pool.fetch(SWEEP_PENDING, older_than_seconds)]
+    async def stale_pending(self, older_than_seconds: float, limit: int) -> list[tuple[str, str]]:
+        """``(id, account_id)`` of mailboxes pending for longer than ``older_than_seconds``."""
+        rows = await self._pool.fetch(SELECT_STALE_PENDING, older_than_seconds, limit)
+        return [(r["id"], r["account_id"]) for r in rows]
+
+    async def unreleased(self, older_than_seconds: float, limit: int) -> list[tuple[str, str]]:
+        """``(id, account_id)`` of mailboxes deleted more than ``older_than_seconds``
+        ago whose routes are still to be released."""
+        rows = await self._pool.fetch(SELECT_UNRELEASED, older_than_seconds, limit)
+        return [(r["id"], r["account_id"]) for r in rows]
+
+    async def unrouted(self, limit: int) -> list[Mailbox]:
+        """Live mailboxes whose routes are yet to be claimed, oldest first."""
+        return [_mailbox(r) for r in await self._pool.fetch(SELECT_UNROUTED, limit)]
+
+    async def set_route_state(self, account_id: str, mailbox_id: str, route_state: str) -> None:
+        """Records a mailbox's route state: ``routed``, ``conflict``, ``released``
+        or ``unrouted`` (to be claimed again by the sweep)."""
+        await self._pool.execute(SET_ROUTE_STATE, account_id, mailbox_id, route_state)
+
+    async def undelete(self, account_id: str, mailbox_id: str) -> bool:
+        """Undoes a soft delete (routes to be claimed again); ``False`` when its
+        address has been given to another mailbox since."""
+        try:
+            await self._pool.execute(UNDELETE, account_id, mailbox_id)
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
+
+    async def held_addresses(
+        self, mailbox_ids: list[str]
+    ) -> list[tuple[str, str, str, bool, bool]]:
+        """``(id, address, domain, catch_all, live)`` of those of ``mailbox_ids``
+        that are not deleted, in any account."""
+        rows = await self._pool.fetch(SELECT_HELD, mailbox_ids)
+        return [
+            (r["id"], r["address"], r["domain"], r["catch_all"], r["state"] == "live") for r in rows
+        ]
 
     # Folders and rules ------------------------------------------------------------
 

@@ -3,9 +3,10 @@ pool → store → service → servicers → chassis (DESIGN §7.1)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from mailplane.messages.v1 import messages_pb2_grpc
+from mailplane.messages.v1 import addresses_pb2, addresses_pb2_grpc, messages_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
@@ -13,15 +14,24 @@ from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
 from services.messages.api import MESSAGE_ACCESS, MessageServicer
+from services.messages.directory import AddressDirectory
+from services.messages.directory_api import ADDRESS_ACCESS, AddressServicer
+from services.messages.directory_store import DirectoryStore
+from services.messages.owners import InboxOwners, MailboxOwners
 from services.messages.service import MailService
 from services.messages.store import MailStore
 
 NAME = "messages"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "mailplane.messages.v1.MessageService"
+ADDRESS_SERVICE_NAME = addresses_pb2.DESCRIPTOR.services_by_name["AddressService"].full_name
 
-#: A running messages service.
-MessagesProcess = ServiceProcess[MailService]
+
+@dataclass
+class MessagesProcess(ServiceProcess[MailService]):
+    """A running messages service, with its route directory (DESIGN §7.2)."""
+
+    directory: AddressDirectory | None = None
 
 
 async def build(settings: Settings) -> MessagesProcess:
@@ -37,9 +47,22 @@ async def build(settings: Settings) -> MessagesProcess:
 
     store = MailStore(pool)
     service = MailService(store, resolve_pod)
+    inboxes_channel = open_channel(settings.inboxes_addr)
+    mailboxes_channel = open_channel(settings.mailboxes_addr)
+    internal_token = settings.internal_token.get_secret_value()
+    directory = AddressDirectory(
+        DirectoryStore(pool),
+        settings.address_reclaim_days,
+        {
+            "inbox": InboxOwners(inboxes_channel, settings.peer_deadline_seconds, internal_token),
+            "mailbox": MailboxOwners(
+                mailboxes_channel, settings.peer_deadline_seconds, internal_token
+            ),
+        },
+    )
 
     async def sweep() -> None:
-        return None
+        await directory.sweep(settings.stale_intent_seconds)
 
     server = keyed_service(
         settings,
@@ -53,5 +76,17 @@ async def build(settings: Settings) -> MessagesProcess:
             MESSAGE_ACCESS,
         ),
         sweep,
+        Servicer(
+            addresses_pb2_grpc.add_AddressServiceServicer_to_server,
+            AddressServicer(directory),
+            ADDRESS_SERVICE_NAME,
+            ADDRESS_ACCESS,
+        ),
     )
-    return ServiceProcess(pool=pool, channels=[pods_channel], service=service, grpc=server)
+    return MessagesProcess(
+        pool=pool,
+        channels=[pods_channel, inboxes_channel, mailboxes_channel],
+        service=service,
+        grpc=server,
+        directory=directory,
+    )
