@@ -19,17 +19,28 @@ from google.protobuf.message import Message
 from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
 from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
+from mailplane.messages.v1 import (
+    addresses_pb2,
+    addresses_pb2_grpc,
+    messages_pb2,
+    messages_pb2_grpc,
+)
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
+from ulid import ULID
 
 from services.chassis.config import Settings
 from services.domains.api import DOMAIN_ACCESS
 from services.inboxes.api import INBOX_ACCESS
 from services.mailboxes.api import MAILBOX_ACCESS
+from services.messages.api import MESSAGE_ACCESS
+from services.messages.directory_api import ADDRESS_ACCESS
+from services.messages.ingest import Ingest
 from services.pods.api import ACCOUNT_ACCESS, API_KEY_ACCESS, POD_ACCESS
 from tests.conftest import Tenant, Zone
 from tests.gateway.test_rest import assert_error
 from tests.inboxes.test_inboxes import new_pod, verified_domain
 from tests.keys.test_scoped_keys import bearer, inbox, mailbox, new_key
+from tests.messages.test_inbound import drain, message, send
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -41,6 +52,8 @@ SERVICES = {
     "mailplane.inboxes.v1.InboxService": (inboxes_pb2, "inboxes_addr", INBOX_ACCESS),
     "mailplane.mailboxes.v1.MailboxService": (mailboxes_pb2, "mailboxes_addr", MAILBOX_ACCESS),
     "mailplane.domains.v1.DomainService": (domains_pb2, "domains_addr", DOMAIN_ACCESS),
+    "mailplane.messages.v1.MessageService": (messages_pb2, "messages_addr", MESSAGE_ACCESS),
+    "mailplane.messages.v1.AddressService": (addresses_pb2, "messages_addr", ADDRESS_ACCESS),
 }
 
 #: The callers, in the matrix's column order. Every request names resources of
@@ -109,6 +122,24 @@ EXPECTED: dict[str, str] = {
     "DomainService/DeleteDomain": _CREATE_IN_POD,
     "DomainService/VerifyDomain": _CREATE_IN_POD,
     "DomainService/CountDomains": _COUNT,
+    "InboxService/GetInboxAddresses": _OPERATOR,
+    "MailboxService/GetMailboxAddresses": _OPERATOR,
+    "MessageService/ListMessages": _INBOX_READ,
+    "MessageService/GetMessage": _INBOX_READ,
+    "MessageService/GetRawMessage": _INBOX_READ,
+    "MessageService/GetAttachment": _INBOX_READ,
+    "MessageService/UpdateMessage": _INBOX_WRITE,
+    "MessageService/DeleteMessage": _INBOX_WRITE,
+    "MessageService/ListThreads": _INBOX_READ,
+    "MessageService/GetThread": _INBOX_READ,
+    "MessageService/UpdateThread": _INBOX_WRITE,
+    "MessageService/DeleteThread": _INBOX_WRITE,
+    "MessageService/RestoreThread": _INBOX_WRITE,
+    "AddressService/ClaimAddress": _OPERATOR,
+    "AddressService/ConfirmAddress": _OPERATOR,
+    "AddressService/ReleaseAddress": _OPERATOR,
+    "AddressService/SetDomainStatus": _OPERATOR,
+    "AddressService/ForgetDomain": _OPERATOR,
 }
 
 
@@ -137,10 +168,30 @@ class World:
     rule: str
     domain: str
     callers: dict[str, Metadata]
+    edge: tuple[str, int] = ("", 0)
+    ingest: Ingest | None = None
+    message: str = ""
+    thread: str = ""
+    attachment: str = ""
 
     @property
     def admin(self) -> Metadata:
         return self.callers["admin"]
+
+    async def fresh_message(self) -> messages_pb2.Message:
+        """A message with an attachment received by inbox I over real SMTP."""
+        assert self.ingest is not None
+        mail = message(self.inbox_email, subject=_name())
+        mail.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="a.pdf")
+        await send(self.edge, mail, [self.inbox_email])
+        await drain(self.ingest)
+        stub = self.stub("mailplane.messages.v1.MessageService")
+        page = await stub.ListMessages(
+            messages_pb2.ListMessagesRequest(inbox_id=self.inbox, page_size=1), metadata=self.admin
+        )
+        got: messages_pb2.Message = page.messages[0]
+        assert got.subject == mail["Subject"]
+        return got
 
     def stub(self, service: str) -> Any:
         module, address, _ = SERVICES[service]
@@ -150,6 +201,8 @@ class World:
             inboxes_pb2: inboxes_pb2_grpc,
             mailboxes_pb2: mailboxes_pb2_grpc,
             domains_pb2: domains_pb2_grpc,
+            messages_pb2: messages_pb2_grpc,
+            addresses_pb2: addresses_pb2_grpc,
         }[module]
         return getattr(grpc_module, f"{short}Stub")(self.channels[address])
 
@@ -224,6 +277,8 @@ async def build_world(
     channels: dict[str, grpc.aio.Channel],
     make_tenant: Callable[..., Awaitable[Tenant]],
     operator_metadata: Metadata,
+    edge: tuple[str, int],
+    ingest: Ingest,
 ) -> World:
     owner = await make_tenant("Owner", pods_pb2.PLAN_ENTERPRISE)
     stranger = await make_tenant("Stranger", pods_pb2.PLAN_ENTERPRISE)
@@ -256,6 +311,10 @@ async def build_world(
     world.callers["operator"] = operator_metadata
     world.callers["stranger"] = stranger.metadata
     world.callers["none"] = ()
+    world.edge, world.ingest = edge, ingest
+    received = await world.fresh_message()
+    world.message, world.thread = received.id, received.thread_id
+    world.attachment = received.attachments[0].id
     return world
 
 
@@ -270,7 +329,52 @@ def _requests() -> dict[str, Request]:
     """A valid request of every RPC, about account A's pod P; destructive RPCs get
     a fresh target each call."""
     p, i, m, d = pods_pb2, inboxes_pb2, mailboxes_pb2, domains_pb2
+    ms, a = messages_pb2, addresses_pb2
     return {
+        "InboxService/GetInboxAddresses": lambda w: _fixed(
+            i.GetInboxAddressesRequest(inbox_ids=[w.inbox])
+        ),
+        "MailboxService/GetMailboxAddresses": lambda w: _fixed(
+            m.GetMailboxAddressesRequest(mailbox_ids=[w.mailbox])
+        ),
+        "MessageService/ListMessages": lambda w: _fixed(
+            ms.ListMessagesRequest(inbox_id=w.inbox, page_size=100)
+        ),
+        "MessageService/GetMessage": lambda w: _fixed(ms.GetMessageRequest(message_id=w.message)),
+        "MessageService/GetRawMessage": lambda w: _fixed(
+            ms.GetRawMessageRequest(message_id=w.message)
+        ),
+        "MessageService/GetAttachment": lambda w: _fixed(
+            ms.GetAttachmentRequest(message_id=w.message, attachment_id=w.attachment)
+        ),
+        "MessageService/UpdateMessage": lambda w: _fixed(
+            ms.UpdateMessageRequest(message_id=w.message, add_labels=["seen-by-matrix"])
+        ),
+        "MessageService/DeleteMessage": _delete_message,
+        "MessageService/ListThreads": lambda w: _fixed(
+            ms.ListThreadsRequest(inbox_id=w.inbox, page_size=100)
+        ),
+        "MessageService/GetThread": lambda w: _fixed(ms.GetThreadRequest(thread_id=w.thread)),
+        "MessageService/UpdateThread": lambda w: _fixed(
+            ms.UpdateThreadRequest(thread_id=w.thread, add_labels=["seen-by-matrix"])
+        ),
+        "MessageService/DeleteThread": _delete_thread,
+        "MessageService/RestoreThread": lambda w: _fixed(
+            ms.RestoreThreadRequest(thread_id=w.thread)
+        ),
+        "AddressService/ClaimAddress": lambda w: _fixed(a.ClaimAddressRequest(**_route_fields(w))),
+        "AddressService/ConfirmAddress": lambda w: _fixed(
+            a.ConfirmAddressRequest(**_route_fields(w))
+        ),
+        "AddressService/ReleaseAddress": lambda w: _fixed(
+            a.ReleaseAddressRequest(owner_id=f"inb_{_ulid()}")
+        ),
+        "AddressService/SetDomainStatus": lambda w: _fixed(
+            a.SetDomainStatusRequest(name=f"{_name()}.example", account_id=w.account_id)
+        ),
+        "AddressService/ForgetDomain": lambda w: _fixed(
+            a.ForgetDomainRequest(name=f"{_name()}.example", account_id=w.account_id)
+        ),
         "PodService/CreatePod": lambda w: _fixed(p.CreatePodRequest()),
         "PodService/GetPod": lambda w: _fixed(p.GetPodRequest(pod_id=w.pod)),
         "PodService/ListPods": lambda w: _fixed(p.ListPodsRequest(page_size=100)),
@@ -393,6 +497,28 @@ async def _revoke_keys(w: World) -> Message:
     )
 
 
+def _ulid() -> str:
+    return str(ULID())
+
+
+def _route_fields(w: World) -> dict[str, Any]:
+    return {
+        "address": f"r-{_name()}@mailplane.test",
+        "kind": addresses_pb2.ROUTE_KIND_INBOX,
+        "owner_id": f"inb_{_ulid()}",
+        "account_id": w.account_id,
+        "pod_id": w.pod,
+    }
+
+
+async def _delete_message(w: World) -> Message:
+    return messages_pb2.DeleteMessageRequest(message_id=(await w.fresh_message()).id)
+
+
+async def _delete_thread(w: World) -> Message:
+    return messages_pb2.DeleteThreadRequest(thread_id=(await w.fresh_message()).thread_id)
+
+
 async def _delete_inbox(w: World) -> Message:
     return inboxes_pb2.DeleteInboxRequest(inbox_id=(await w.fresh_inbox()).inbox.id)
 
@@ -424,6 +550,8 @@ def _sees(method: str, world: World, response: Message) -> bool:
         "InboxService/ListInboxes": ("inboxes", world.inbox),
         "MailboxService/ListMailboxes": ("mailboxes", world.mailbox),
         "DomainService/ListDomains": ("domains", world.domain),
+        "MessageService/ListMessages": ("messages", world.message),
+        "MessageService/ListThreads": ("threads", world.thread),
     }
     if method not in targets:
         return True
@@ -465,11 +593,13 @@ async def test_every_rpc_answers_every_caller_as_the_matrix_says(
     services: Any,
     make_tenant: Callable[..., Awaitable[Tenant]],
     operator_metadata: Metadata,
+    edge: tuple[str, int],
+    ingest: Ingest,
 ) -> None:
     addresses = {a for _, a, _ in SERVICES.values()}
     channels = {a: grpc.aio.insecure_channel(getattr(settings, a)) for a in addresses}
     try:
-        world = await build_world(settings, channels, make_tenant, operator_metadata)
+        world = await build_world(settings, channels, make_tenant, operator_metadata, edge, ingest)
         module, _, _ = SERVICES[service]
         short = service.rsplit(".", 1)[1]
         wrong: list[str] = []
