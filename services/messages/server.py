@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailplane.messages.v1 import messages_pb2_grpc
+from mailplane.messages.v1 import events_pb2, events_pb2_grpc, messages_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
@@ -13,8 +13,13 @@ from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
 from services.messages.api import MessageServicer
+from services.messages.dispatch import SecretBox, Sender
+from services.messages.event_log import EventListener, EventLog
+from services.messages.events import EventService
+from services.messages.events_api import EventServicer, WebhookServicer
 from services.messages.service import MailService
 from services.messages.store import MailStore
+from services.messages.webhooks import WebhookService, WebhookStore
 
 NAME = "messages"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -35,6 +40,14 @@ async def build(settings: Settings) -> MessagesProcess:
 
     store = MailStore(pool)
     service = MailService(store, resolve_pod)
+    listener = EventListener(settings.service_dsn(NAME))
+    events = EventService(EventLog(pool), listener, store, resolve_pod)
+    box = SecretBox(settings.webhook_secret_key.get_secret_value())
+    # Test deliveries only (one at a time per call); the worker delivers events.
+    sender = Sender(box, settings.webhook_timeout_seconds, settings.webhook_allow_private, 16)
+    webhooks = WebhookService(
+        WebhookStore(pool), store, resolve_pod, box, sender, settings.webhook_allow_private
+    )
 
     async def sweep() -> None:
         return None
@@ -50,5 +63,21 @@ async def build(settings: Settings) -> MessagesProcess:
             SERVICE_NAME,
         ),
         sweep,
+        Servicer(
+            events_pb2_grpc.add_EventServiceServicer_to_server,
+            EventServicer(events),
+            events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+        ),
+        Servicer(
+            events_pb2_grpc.add_WebhookServiceServicer_to_server,
+            WebhookServicer(webhooks),
+            events_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+        ),
     )
-    return ServiceProcess(pool=pool, channels=[pods_channel], service=service, grpc=server)
+    return ServiceProcess(
+        pool=pool,
+        channels=[pods_channel],
+        service=service,
+        grpc=server,
+        closers=[listener.close, sender.close],
+    )
