@@ -8,6 +8,7 @@ from typing import Any
 from mailplane.messages.v1 import events_pb2
 
 from gateway.operations import Operation, rpc_of
+from services.chassis.errors import Code
 
 _WEBHOOK = {"webhook": "webhook_id"}
 #: Seconds a test delivery may wait on the endpoint (the delivery timeout).
@@ -64,7 +65,7 @@ _DELIVERY_EXAMPLE = {
     "nextAttemptAt": None,
     "createdAt": "2026-03-01T12:00:00Z",
 }
-_HOOK_ERRORS = ("pod_not_found", "inbox_not_found", "mailbox_not_found")
+_HOOK_ERRORS: tuple[Code, ...] = ("pod_not_found", "inbox_not_found", "mailbox_not_found")
 
 
 def _wait(request: Any) -> float:
