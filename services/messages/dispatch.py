@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import socket
@@ -99,7 +100,9 @@ class PublicResolver(AbstractResolver):
         """Resolves ``host``; raises ``OSError`` when an address is not public."""
         results = await self._inner.resolve(host, port, family)
         if not self._allow_private and not all(is_public(r["host"]) for r in results):
-            raise OSError(f"{host} resolves to a private, loopback or link-local address")
+            raise OSError(
+                errno.EPERM, f"{host} resolves to a private, loopback or link-local address"
+            )
         return results
 
     async def close(self) -> None:

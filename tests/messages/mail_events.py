@@ -61,7 +61,9 @@ class Receiver:
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def wait_for(self, count: int, seconds: float = 10.0) -> list[tuple[dict[str, str], bytes]]:
+    async def wait_for(
+        self, count: int, seconds: float = 10.0
+    ) -> list[tuple[dict[str, str], bytes]]:
         """The first ``count`` requests, once they arrived (fails after ``seconds``)."""
         async with asyncio.timeout(seconds):
             while len(self.requests) < count:
@@ -89,7 +91,9 @@ async def start_receiver() -> tuple[Receiver, web.AppRunner]:
     return receiver, runner
 
 
-def dispatcher_of(services: Services, settings: Settings) -> tuple[Dispatcher, EventListener, Sender]:
+def dispatcher_of(
+    services: Services, settings: Settings
+) -> tuple[Dispatcher, EventListener, Sender]:
     """The worker's dispatcher on the test suite's database, with short retries."""
     listener = EventListener(settings.service_dsn("messages"))
     sender = Sender(

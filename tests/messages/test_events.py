@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from mailplane.pods.v1 import pods_pb2
 
-from services.messages.event_log import EventLog, START
+from services.messages.event_log import START, EventLog
 from services.messages.models import Owner
 from services.messages.store import MailStore, Reach
 from tests.conftest import Services, Tenant
@@ -20,9 +20,7 @@ from tests.keys.test_scoped_keys import bearer, new_key
 from tests.messages.mail_events import RECEIVED, new_inbox, receive
 
 
-async def events(
-    http: httpx.AsyncClient, headers: dict[str, str], **params: Any
-) -> dict[str, Any]:
+async def events(http: httpx.AsyncClient, headers: dict[str, str], **params: Any) -> dict[str, Any]:
     answer = await http.get("/v1/events", params=params, headers=headers)
     assert answer.status_code == 200, answer.text
     return answer.json()  # type: ignore[no-any-return]
@@ -104,7 +102,9 @@ async def test_another_account_sees_none_of_the_events_and_its_filters_are_not_f
         "inbox_not_found",
     )
     assert_error(
-        await http.get("/v1/events", params={"podId": inbox["podId"]}, headers=other_tenant.headers),
+        await http.get(
+            "/v1/events", params={"podId": inbox["podId"]}, headers=other_tenant.headers
+        ),
         404,
         "pod_not_found",
     )
@@ -117,7 +117,9 @@ async def test_another_account_sees_none_of_the_events_and_its_filters_are_not_f
 
 
 async def test_scoped_keys_see_only_their_scopes_events(
-    http: httpx.AsyncClient, services: Services, make_tenant  # type: ignore[no-untyped-def]
+    http: httpx.AsyncClient,
+    services: Services,
+    make_tenant,  # type: ignore[no-untyped-def]
 ) -> None:
     tenant: Tenant = await make_tenant("Enterprise", pods_pb2.PLAN_ENTERPRISE)
     other_pod = (await http.post("/v1/pods", json={}, headers=tenant.headers)).json()
