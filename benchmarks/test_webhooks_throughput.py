@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -63,7 +62,9 @@ DATA = {
 @pytest_asyncio.fixture
 async def receiver_url() -> AsyncIterator[str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.webhook_receiver", str(port)])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.webhook_receiver", str(port)
+    )
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base) as client:
         for _ in range(200):
@@ -74,7 +75,7 @@ async def receiver_url() -> AsyncIterator[str]:
                 await asyncio.sleep(0.05)
     yield base
     process.terminate()
-    process.wait(5)
+    await process.wait()
 
 
 async def _stats(base: str) -> dict[str, object]:
