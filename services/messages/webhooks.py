@@ -77,10 +77,10 @@ class Webhook:
     mailbox_ids: list[str]
     reach: Reach
     enabled: bool
-    sealed_secret: bytes
+    sealed_secret: bytes = field(repr=False)
     created_at: datetime
     updated_at: datetime
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
