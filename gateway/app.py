@@ -25,7 +25,7 @@ from gateway import codec, errors
 from gateway.caller import SECURITY, SECURITY_SCHEMES
 from gateway.front import Front
 from gateway.operations import Endpoint, Operation, endpoint, multicallable
-from gateway.routes import account, billing, domains, inboxes, mailboxes, messages, pods
+from gateway.routes import account, billing, domains, events, inboxes, mailboxes, messages, pods
 from services.chassis.config import Settings
 from services.chassis.errors import CATALOG, Code
 from services.chassis.rpc import open_channel
@@ -38,6 +38,7 @@ OPERATIONS: tuple[Operation, ...] = (
     *domains.OPERATIONS,
     *mailboxes.OPERATIONS,
     *messages.OPERATIONS,
+    *events.OPERATIONS,
 )
 #: The services the gateway composes: the settings' ``<name>_addr`` of each.
 SERVICES = ("pods", "inboxes", "domains", "mailboxes", "messages")

@@ -11,7 +11,9 @@ The REST shape of a message is derived, never hand-written (DESIGN §4):
 - a field with presence (``optional`` scalars, messages) that is unset is
   ``null``; ``next_page_token`` (AIP-158) is ``null`` when empty;
 - ``(mailplane.rest.v1.internal)`` fields are neither shown nor accepted,
-  ``(mailplane.rest.v1.output_only)`` fields are shown but not accepted.
+  ``(mailplane.rest.v1.output_only)`` fields are shown but not accepted;
+- a ``(mailplane.rest.v1.json)`` string holds JSON text and is shown as that
+  JSON value (an event's ``data``), embedded as it is, never re-parsed.
 
 Requests are decoded strictly: unknown fields, wrong JSON types, integers out of
 the field's range, unknown enum names, NUL characters and ``null`` for a field
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from google.protobuf import descriptor_pb2, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -97,6 +100,7 @@ class _Field:
     json_name: str
     output_only: bool
     presence: bool
+    raw_json: bool = False
 
 
 @functools.cache
@@ -113,6 +117,7 @@ def _fields(descriptor: Descriptor) -> tuple[_Field, ...]:
                 json_name=field.json_name,
                 output_only=options.Extensions[rest_pb2.output_only],
                 presence=field.has_presence and not _repeated(field),
+                raw_json=options.Extensions[rest_pb2.json],
             )
         )
     return tuple(shown)
@@ -174,6 +179,8 @@ def _encoder(descriptor: Descriptor) -> Callable[[Message], dict[str, Json]]:
 
 def _value_encoder(spec: _Field) -> Callable[[Message], Json]:
     field, name = spec.field, spec.field.name
+    if spec.raw_json:
+        return lambda m: orjson.Fragment(getattr(m, name) or "null")
     one = _single_encoder(field)
     if _repeated(field):
         return lambda m: [one(v) for v in getattr(m, name)]
@@ -225,6 +232,9 @@ def decode(body: Json, into: Message, where: str = "") -> None:
 
 def _set(message: Message, spec: _Field, value: Json, path: str) -> None:
     field, name = spec.field, spec.field.name
+    if spec.raw_json:
+        setattr(message, name, orjson.dumps(value).decode())
+        return
     if value is None:
         if not (spec.presence or _repeated(field)):
             raise invalid_argument(path, "cannot be null.")
@@ -401,6 +411,8 @@ def schema_ref(descriptor: Descriptor, components: dict[str, Json], *, request: 
 
 def _field_schema(spec: _Field, components: dict[str, Json], *, request: bool) -> Json:
     field = spec.field
+    if spec.raw_json:
+        return {"description": comment_of(f"{field.containing_type.full_name}.{field.name}")}
     item = _single_schema(field, components, request=request)
     if _repeated(field):
         schema: dict[str, Json] = {"type": "array", "items": item}

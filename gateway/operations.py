@@ -9,7 +9,8 @@ binds to one field (or the whole request), a PATCH body also yields the
 typed request and response schemas, the route's error codes, examples).
 
 Each request costs one RPC over the process's one channel to the service, with
-the caller's key and request ID as metadata and the peer deadline.
+the caller's key and request ID as metadata and the peer deadline (plus, for an
+operation that waits on purpose, its wait).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class Operation:
         media: the answer is not JSON but bytes: returns them and their media type
             from the response (``message/rfc822`` of a raw message).
         media_type: the media type the docs show for ``media`` answers.
+        waits: seconds the RPC may wait on purpose, beyond the peer deadline, given
+            its request (a long-poll's ``wait``, a test delivery's endpoint): the
+            call's deadline is the peer deadline plus this.
         errors: the catalog codes the operation may answer, for the docs.
         example: an example of the success body, for the docs.
     """
@@ -100,6 +104,7 @@ class Operation:
     deleted: bool = False
     media: Callable[[Any], tuple[bytes, str]] | None = None
     media_type: str = "application/octet-stream"
+    waits: Callable[[Any], float] | None = None
     errors: tuple[Code, ...] = ()
     example: Json = None
 
@@ -282,7 +287,8 @@ def endpoint(operation: Operation) -> Endpoint:
         raw = await request.body() if operation.body is not None else b""
         message = operation.build(request, raw)
         invoke = request.app.state.calls[operation_id]
-        response = await invoke(message, metadata=caller.metadata, timeout=caller.timeout)
+        timeout = caller.timeout + (operation.waits(message) if operation.waits else 0.0)
+        response = await invoke(message, metadata=caller.metadata, timeout=timeout)
         status = operation.status_of(response) if operation.status_of else operation.status
         if operation.media is not None:
             content, media_type = operation.media(response)

@@ -133,6 +133,9 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         peer_deadline_seconds=3.0,
         dns_nameservers=f"127.0.0.1:{dns_zone.port}",
         dns_timeout_seconds=2.0,
+        # Webhook tests deliver to a receiver on loopback; the refusal of private
+        # targets is tested on a service built with it off (tests/messages).
+        webhook_allow_private=True,
     )
 
 

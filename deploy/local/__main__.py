@@ -1,7 +1,9 @@
 """``python -m deploy.local`` (``make run``): the whole suite on one machine.
 
 1. Secrets: ``.mailplane/settings.env`` is made on first start (service credential,
-   database role password, DKIM encryption key, credential hash key) and kept.
+   database role password, DKIM encryption key, credential hash key, webhook secret
+   key) and kept. Webhooks may target loopback and private addresses
+   (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this machine works.
 2. Database: ``MAILPLANE_DATABASE_URL`` if set, else an embedded PostgreSQL
    (pgserver) under ``.mailplane/pgdata``, with a ``mailplane`` database.
 3. Every service's migrations, each into its own schema under its own role.
@@ -52,6 +54,9 @@ SERVICES = (
 #: The messages service's other processes (DESIGN §7.1): ``python -m services.messages …``.
 MAIL_PROCESSES = ("smtp", "worker")
 DEV_KEY_FILE = "dev-api-key"
+#: Settings of a development machine, unless the environment or the file says otherwise:
+#: webhooks may target a receiver on this machine (refused in production, DESIGN §7.6).
+DEVELOPMENT = {"MAILPLANE_WEBHOOK_ALLOW_PRIVATE": "true"}
 START_TIMEOUT_SECONDS = 60.0
 
 
@@ -134,7 +139,12 @@ async def _run(state: Path) -> int:
     admin_dsn, embedded = _database_url(state, file_values)
     if embedded is not None:
         local_settings.set_env_value(state, "MAILPLANE_DATABASE_URL", admin_dsn)
-    env = {**file_values, **os.environ, "MAILPLANE_DATABASE_URL": admin_dsn}
+    env = {
+        **DEVELOPMENT,
+        **file_values,
+        **os.environ,
+        "MAILPLANE_DATABASE_URL": admin_dsn,
+    }
     os.environ.update(env)
     settings = Settings()
     children: list[asyncio.subprocess.Process] = []

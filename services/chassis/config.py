@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     address_reclaim_days: int = 30
     #: Whether webhooks may target loopback and private addresses (DESIGN §7.1).
     webhook_allow_private: bool = False
+    #: Fernet key (urlsafe base64 of 32 bytes) that encrypts webhook signing secrets
+    #: at rest; the local launcher generates one. The default is for tests only.
+    webhook_secret_key: SecretStr = SecretStr("bWFpbHBsYW5lLWRldi13ZWJob29rLXNlY3JldC1rZXk=")
+    #: Webhook deliveries in flight at once per worker process.
+    webhook_concurrency: int = 128
+    #: Seconds an endpoint has to answer a delivery (DESIGN §7.6: 15 s).
+    webhook_timeout_seconds: float = 15.0
     gateway_port: int = 8080
 
     #: The platform's own domain, usable by every pod (DESIGN §1).

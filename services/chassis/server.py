@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -198,15 +198,19 @@ ServiceT = TypeVar("ServiceT")
 class ServiceProcess(Generic[ServiceT]):
     """What a service's ``build(settings)`` returns: its pool, its channels to
     peers, its rules object and its gRPC side; ``close()`` releases the pool and
-    channels (``grpc.stop`` stops serving)."""
+    channels, after ``closers`` (other connections the process holds, such as a
+    LISTEN connection or an HTTP client), in order (``grpc.stop`` stops serving)."""
 
     pool: asyncpg.Pool
     channels: list[grpc.aio.Channel]
     service: ServiceT
     grpc: GrpcService
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
-        """Closes the peer channels and the pool."""
+        """Runs the closers, then closes the peer channels and the pool."""
+        for closer in self.closers:
+            await closer()
         for channel in self.channels:
             await channel.close()
         await self.pool.close()

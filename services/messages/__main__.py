@@ -2,7 +2,7 @@
 
 - ``serve``: gRPC (messages, threads, address routes, events, webhooks).
 - ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``).
-- ``worker``: ingest of the spool (and, as they arrive, deliveries and webhooks).
+- ``worker``: ingest of the spool and webhook delivery (and, as they arrive, deliveries).
 - ``migrate``: the schema.
 """
 
@@ -16,7 +16,9 @@ from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
 from services.chassis.server import service_main
+from services.messages.dispatch import Dispatcher, SecretBox, Sender
 from services.messages.edge import serve_inbound
+from services.messages.event_log import EventListener
 from services.messages.ingest import Ingest, sender_authentication
 from services.messages.resolver import SenderResolver
 from services.messages.server import MIGRATIONS, NAME, build
@@ -62,18 +64,38 @@ async def smtp(settings: Settings) -> None:
 
 
 async def worker(settings: Settings) -> None:
-    """The ingest worker, until SIGTERM."""
+    """The ingest worker and the webhook dispatcher, until SIGTERM."""
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
 
     async def start() -> Callable[[], Awaitable[None]]:
         resolver = SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds)
         ingest = Ingest(MailStore(pool), sender_authentication(resolver))
-        task = asyncio.create_task(ingest.run_forever(settings.service_dsn(NAME)))
+        listener = EventListener(settings.service_dsn(NAME))
+        sender = Sender(
+            SecretBox(settings.webhook_secret_key.get_secret_value()),
+            settings.webhook_timeout_seconds,
+            settings.webhook_allow_private,
+            settings.webhook_concurrency,
+        )
+        dispatcher = Dispatcher(
+            pool,
+            listener,
+            sender,
+            concurrency=settings.webhook_concurrency,
+            timeout_seconds=settings.webhook_timeout_seconds,
+        )
+        tasks = [
+            asyncio.create_task(ingest.run_forever(settings.service_dsn(NAME))),
+            asyncio.create_task(dispatcher.run_forever()),
+        ]
         _log.info("worker_started")
 
         async def finish() -> None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await sender.close()
+            await listener.close()
             await pool.close()
 
         return finish

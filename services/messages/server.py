@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailplane.messages.v1 import addresses_pb2, addresses_pb2_grpc, messages_pb2_grpc
+from mailplane.messages.v1 import (
+    addresses_pb2,
+    addresses_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    messages_pb2_grpc,
+)
 
 from services.chassis import db
 from services.chassis.config import Settings
@@ -17,9 +23,19 @@ from services.messages.api import MESSAGE_ACCESS, MessageServicer
 from services.messages.directory import AddressDirectory
 from services.messages.directory_api import ADDRESS_ACCESS, AddressServicer
 from services.messages.directory_store import DirectoryStore
+from services.messages.dispatch import SecretBox, Sender
+from services.messages.event_log import EventListener, EventLog
+from services.messages.events import EventService
+from services.messages.events_api import (
+    EVENT_ACCESS,
+    WEBHOOK_ACCESS,
+    EventServicer,
+    WebhookServicer,
+)
 from services.messages.owners import InboxOwners, MailboxOwners
 from services.messages.service import MailService
 from services.messages.store import MailStore
+from services.messages.webhooks import WebhookService, WebhookStore
 
 NAME = "messages"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -60,6 +76,14 @@ async def build(settings: Settings) -> MessagesProcess:
             ),
         },
     )
+    listener = EventListener(settings.service_dsn(NAME))
+    events = EventService(EventLog(pool), listener, store, resolve_pod)
+    box = SecretBox(settings.webhook_secret_key.get_secret_value())
+    # Test deliveries only (one at a time per call); the worker delivers events.
+    sender = Sender(box, settings.webhook_timeout_seconds, settings.webhook_allow_private, 16)
+    webhooks = WebhookService(
+        WebhookStore(pool), store, resolve_pod, box, sender, settings.webhook_allow_private
+    )
 
     async def sweep() -> None:
         await directory.sweep(settings.stale_intent_seconds)
@@ -82,11 +106,24 @@ async def build(settings: Settings) -> MessagesProcess:
             ADDRESS_SERVICE_NAME,
             ADDRESS_ACCESS,
         ),
+        Servicer(
+            events_pb2_grpc.add_EventServiceServicer_to_server,
+            EventServicer(events),
+            events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+            EVENT_ACCESS,
+        ),
+        Servicer(
+            events_pb2_grpc.add_WebhookServiceServicer_to_server,
+            WebhookServicer(webhooks),
+            events_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+            WEBHOOK_ACCESS,
+        ),
     )
     return MessagesProcess(
         pool=pool,
         channels=[pods_channel, inboxes_channel, mailboxes_channel],
         service=service,
         grpc=server,
+        closers=[listener.close, sender.close],
         directory=directory,
     )

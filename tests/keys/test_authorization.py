@@ -22,6 +22,8 @@ from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
 from mailplane.messages.v1 import (
     addresses_pb2,
     addresses_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     messages_pb2,
     messages_pb2_grpc,
 )
@@ -34,6 +36,7 @@ from services.inboxes.api import INBOX_ACCESS
 from services.mailboxes.api import MAILBOX_ACCESS
 from services.messages.api import MESSAGE_ACCESS
 from services.messages.directory_api import ADDRESS_ACCESS
+from services.messages.events_api import EVENT_ACCESS, WEBHOOK_ACCESS
 from services.messages.ingest import Ingest
 from services.pods.api import ACCOUNT_ACCESS, API_KEY_ACCESS, POD_ACCESS
 from tests.conftest import Tenant, Zone
@@ -54,6 +57,8 @@ SERVICES = {
     "mailplane.domains.v1.DomainService": (domains_pb2, "domains_addr", DOMAIN_ACCESS),
     "mailplane.messages.v1.MessageService": (messages_pb2, "messages_addr", MESSAGE_ACCESS),
     "mailplane.messages.v1.AddressService": (addresses_pb2, "messages_addr", ADDRESS_ACCESS),
+    "mailplane.messages.v1.EventService": (events_pb2, "messages_addr", EVENT_ACCESS),
+    "mailplane.messages.v1.WebhookService": (events_pb2, "messages_addr", WEBHOOK_ACCESS),
 }
 
 #: The callers, in the matrix's column order. Every request names resources of
@@ -75,6 +80,9 @@ _READ_IN_POD = "ok   ok   ok   ok   hid  hid  hid  deny hid"
 _INBOX_READ = "ok   ok   ok   ok   hid  ok   hid  deny hid"
 _INBOX_WRITE = "ok   ok   deny ok   hid  ok   hid  deny hid"
 _MAILBOX_READ = "ok   ok   ok   ok   hid  hid  ok   deny hid"
+#: A resource of the account as a whole (an account key's webhook).
+_ACCOUNT_READ = "ok   ok   ok   hid  hid  hid  hid  deny hid"
+_ACCOUNT_WRITE = "ok   ok   deny hid  hid  hid  hid  deny hid"
 _MAILBOX_WRITE = "ok   ok   deny ok   hid  hid  ok   deny hid"
 EXPECTED: dict[str, str] = {
     # caller:                        admin write read pod  podx inbox mbox op  stranger
@@ -140,6 +148,15 @@ EXPECTED: dict[str, str] = {
     "AddressService/ReleaseAddress": _OPERATOR,
     "AddressService/SetDomainStatus": _OPERATOR,
     "AddressService/ForgetDomain": _OPERATOR,
+    "EventService/ListEvents": _INBOX_READ,
+    "WebhookService/CreateWebhook": "ok   ok   deny ok   ok   ok   ok   deny ok",
+    "WebhookService/GetWebhook": _ACCOUNT_READ,
+    "WebhookService/ListWebhooks": _ACCOUNT_READ,
+    "WebhookService/UpdateWebhook": _ACCOUNT_WRITE,
+    "WebhookService/DeleteWebhook": _ACCOUNT_WRITE,
+    "WebhookService/RotateWebhookSecret": _ACCOUNT_WRITE,
+    "WebhookService/ListWebhookDeliveries": _ACCOUNT_READ,
+    "WebhookService/TestWebhook": _ACCOUNT_WRITE,
 }
 
 
@@ -173,6 +190,16 @@ class World:
     message: str = ""
     thread: str = ""
     attachment: str = ""
+    event: str = ""
+    webhook: str = ""
+
+    async def fresh_webhook(self) -> str:
+        stub = self.stub("mailplane.messages.v1.WebhookService")
+        hook = events_pb2.Webhook(url="http://127.0.0.1:9/hooks", event_types=["message.received"])
+        made = await stub.CreateWebhook(
+            events_pb2.CreateWebhookRequest(webhook=hook), metadata=self.admin
+        )
+        return str(made.id)
 
     @property
     def admin(self) -> Metadata:
@@ -203,6 +230,7 @@ class World:
             domains_pb2: domains_pb2_grpc,
             messages_pb2: messages_pb2_grpc,
             addresses_pb2: addresses_pb2_grpc,
+            events_pb2: events_pb2_grpc,
         }[module]
         return getattr(grpc_module, f"{short}Stub")(self.channels[address])
 
@@ -315,6 +343,11 @@ async def build_world(
     received = await world.fresh_message()
     world.message, world.thread = received.id, received.thread_id
     world.attachment = received.attachments[0].id
+    events = await world.stub("mailplane.messages.v1.EventService").ListEvents(
+        events_pb2.ListEventsRequest(inbox_id=world.inbox), metadata=world.admin
+    )
+    world.event = events.events[-1].id
+    world.webhook = await world.fresh_webhook()
     return world
 
 
@@ -329,7 +362,7 @@ def _requests() -> dict[str, Request]:
     """A valid request of every RPC, about account A's pod P; destructive RPCs get
     a fresh target each call."""
     p, i, m, d = pods_pb2, inboxes_pb2, mailboxes_pb2, domains_pb2
-    ms, a = messages_pb2, addresses_pb2
+    ms, a, ev = messages_pb2, addresses_pb2, events_pb2
     return {
         "InboxService/GetInboxAddresses": lambda w: _fixed(
             i.GetInboxAddressesRequest(inbox_ids=[w.inbox])
@@ -362,6 +395,29 @@ def _requests() -> dict[str, Request]:
         "MessageService/RestoreThread": lambda w: _fixed(
             ms.RestoreThreadRequest(thread_id=w.thread)
         ),
+        "EventService/ListEvents": lambda w: _fixed(ev.ListEventsRequest(inbox_id=w.inbox)),
+        "WebhookService/CreateWebhook": lambda w: _fixed(
+            ev.CreateWebhookRequest(
+                webhook=ev.Webhook(url="http://127.0.0.1:9/x", event_types=["message.received"])
+            )
+        ),
+        "WebhookService/GetWebhook": lambda w: _fixed(ev.GetWebhookRequest(webhook_id=w.webhook)),
+        "WebhookService/ListWebhooks": lambda w: _fixed(ev.ListWebhooksRequest(page_size=100)),
+        "WebhookService/UpdateWebhook": lambda w: _fixed(
+            ev.UpdateWebhookRequest(
+                webhook_id=w.webhook,
+                webhook=ev.Webhook(description=_name()),
+                update_mask=_mask("description"),
+            )
+        ),
+        "WebhookService/DeleteWebhook": _delete_webhook,
+        "WebhookService/RotateWebhookSecret": lambda w: _fixed(
+            ev.RotateWebhookSecretRequest(webhook_id=w.webhook)
+        ),
+        "WebhookService/ListWebhookDeliveries": lambda w: _fixed(
+            ev.ListWebhookDeliveriesRequest(webhook_id=w.webhook)
+        ),
+        "WebhookService/TestWebhook": lambda w: _fixed(ev.TestWebhookRequest(webhook_id=w.webhook)),
         "AddressService/ClaimAddress": lambda w: _fixed(a.ClaimAddressRequest(**_route_fields(w))),
         "AddressService/ConfirmAddress": lambda w: _fixed(
             a.ConfirmAddressRequest(**_route_fields(w))
@@ -511,6 +567,10 @@ def _route_fields(w: World) -> dict[str, Any]:
     }
 
 
+async def _delete_webhook(w: World) -> Message:
+    return events_pb2.DeleteWebhookRequest(webhook_id=await w.fresh_webhook())
+
+
 async def _delete_message(w: World) -> Message:
     return messages_pb2.DeleteMessageRequest(message_id=(await w.fresh_message()).id)
 
@@ -552,6 +612,8 @@ def _sees(method: str, world: World, response: Message) -> bool:
         "DomainService/ListDomains": ("domains", world.domain),
         "MessageService/ListMessages": ("messages", world.message),
         "MessageService/ListThreads": ("threads", world.thread),
+        "EventService/ListEvents": ("events", world.event),
+        "WebhookService/ListWebhooks": ("webhooks", world.webhook),
     }
     if method not in targets:
         return True

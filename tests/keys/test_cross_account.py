@@ -82,6 +82,13 @@ async def test_every_route_with_another_accounts_ids_answers_404(
     ).json()
     key = (await http.post("/v1/api-keys", json={"name": "victim"}, headers=h)).json()
     mail = await received(http, services, victim, edge, ingest, inbox)
+    webhook = (
+        await http.post(
+            "/v1/webhooks",
+            json={"url": "http://127.0.0.1:9/hooks", "eventTypes": ["thread.updated"]},
+            headers=h,
+        )
+    ).json()
     ids = {
         "pod": pod["id"],
         "inbox": inbox["id"],
@@ -93,6 +100,7 @@ async def test_every_route_with_another_accounts_ids_answers_404(
         "message": mail["id"],
         "thread": mail["threadId"],
         "attachment": mail["attachments"][0]["id"],
+        "webhook": webhook["id"],
     }
     paths = (await http.get("/openapi.json")).json()["paths"]
     walked = 0

@@ -77,9 +77,7 @@ async def send(
     (address → (code, text)) and the final reply's text."""
     host, port = edge
     raw = mail if isinstance(mail, bytes) else mail.as_bytes()
-    return await aiosmtplib.send(
-        raw, sender=sender, recipients=rcpts, hostname=host, port=port
-    )
+    return await aiosmtplib.send(raw, sender=sender, recipients=rcpts, hostname=host, port=port)
 
 
 async def test_a_message_to_an_inbox_is_stored_threaded_and_readable(
@@ -285,9 +283,9 @@ async def test_a_sender_that_passes_spf_is_not_labelled_unauthenticated(
     mail.replace_header("From", f"Ada <ada@{domain}>")
     await send(edge, mail, [inbox["email"]], sender=f"ada@{domain}")
     await drain(ingest)
-    (got,) = (
-        await http.get(f"/v1/inboxes/{inbox['id']}/messages", headers=tenant.headers)
-    ).json()["messages"]
+    (got,) = (await http.get(f"/v1/inboxes/{inbox['id']}/messages", headers=tenant.headers)).json()[
+        "messages"
+    ]
     assert got["authentication"]["spf"] == "pass"
     assert "unauthenticated" not in got["labels"]
     event = await services.messages.pool.fetchval(
