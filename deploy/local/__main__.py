@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,19 @@ def _database_url(state: Path, env: dict[str, str]) -> tuple[str, Any]:
         server.psql("CREATE DATABASE mailplane;")
     uri: str = server.get_uri()
     return uri.replace("/postgres?", "/mailplane?"), server
+
+
+def _stop_embedded(server: Any) -> None:
+    """Stops the embedded PostgreSQL, even one started again behind pgserver's
+    back (an operator's ``pg_ctl start``), which pgserver's own cleanup skips as
+    it only stops the postmaster it started."""
+    import pgserver
+
+    server.cleanup()
+    if (server.pgdata / "postmaster.pid").exists():
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl: Any = pgserver.pg_ctl  # type: ignore[attr-defined]  # made at import
+            pg_ctl(["-w", "stop"], pgdata=server.pgdata, user=server.system_user)
 
 
 async def _wait_serving(address: str, deadline: float) -> None:
@@ -161,21 +175,21 @@ async def _relay(stream: asyncio.StreamReader, out: BinaryIO) -> None:
 
 
 class Child:
-    """One supervised child process: ``python -m <module_args>``.
+    """One supervised child process: ``python <args>``.
 
     ``supervise()`` runs it, relays its output and starts it again whenever it
     exits, until ``stop()``.
 
     Args:
         name: how the launcher's log lines name it (``pods``, ``gateway``).
-        module_args: the ``python -m`` arguments (``services.pods``, ``serve``).
+        args: the interpreter's arguments (``-m``, ``services.pods``, ``serve``).
         env: its environment.
         out: where its output lines are relayed (the launcher's stderr).
     """
 
-    def __init__(self, name: str, module_args: Sequence[str], env: dict[str, str], out: BinaryIO):
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], out: BinaryIO):
         self.name = name
-        self._args = module_args
+        self._args = args
         self._env = env
         self._out = out
         self.process: asyncio.subprocess.Process | None = None
@@ -193,7 +207,6 @@ class Child:
         while not self._stopping.is_set():
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
                 *self._args,
                 env=self._env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -251,8 +264,8 @@ async def _run(state: Path) -> int:
     if settings.log_format == "auto" and sys.stderr.isatty():
         env["MAILPLANE_LOG_FORMAT"] = "console"  # the children write to pipes, not the TTY
     children = [
-        *(Child(name, (module, "serve"), env, out) for name, _, module in SERVICES),
-        Child("gateway", ("gateway",), env, out),
+        *(Child(name, ("-m", module, "serve"), env, out) for name, _, module in SERVICES),
+        Child("gateway", ("-m", "gateway"), env, out),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -300,7 +313,7 @@ async def _run(state: Path) -> int:
         await children[-1].stop()
         await asyncio.gather(*(child.stop() for child in children[:-1]))
         if embedded is not None:
-            embedded.cleanup()
+            _stop_embedded(embedded)
         _log.info("stopped")
 
 
