@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from services.chassis import config
 from services.chassis.config import Settings
 
 SETTINGS_FILE = "settings.env"
@@ -29,7 +30,7 @@ def state_dir() -> Path:
 def load() -> Settings:
     """Returns the settings: the environment, then ``<state dir>/settings.env``."""
     path = state_dir() / SETTINGS_FILE
-    return Settings(_env_file=path if path.exists() else None)  # type: ignore[call-arg]
+    return config.from_environment(_env_file=path if path.exists() else None)
 
 
 #: The secrets the launcher generates once and keeps, and how each is made.

@@ -6,7 +6,8 @@ RPC it reads the caller's credentials from metadata, checks them against the
 method's row of the service's authorization table (``auth.Access``; a method
 without a row is refused), sets the principal that servicers read with
 ``auth.current()``, turns a ``MailplaneError`` into a
-status with ``google.rpc.ErrorInfo`` (AIP-193), turns anything unexpected into
+status with ``google.rpc.ErrorInfo`` (AIP-193), a database that cannot be reached
+(``db.is_unreachable``) into ``unavailable``, anything unexpected into
 ``INTERNAL`` without leaking it, and logs one canonical line: method, code,
 duration_ms, account_id, request_id.
 """
@@ -25,7 +26,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.chassis import auth
+from services.chassis import auth, db
 from services.chassis.errors import (
     CATALOG,
     CODE_OF_BARE_STATUS,
@@ -173,16 +174,22 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except grpc.aio.AbortError:
                 outcome = "ABORTED_BY_HANDLER"
                 raise
-            except Exception:
-                outcome = "INTERNAL"
-                _log.exception("rpc_failed", method=method, request_id=request_id)
-                await context.abort_with_status(
-                    to_status(
-                        MailplaneError(
-                            "internal", "An internal error occurred; it has been logged."
-                        )
+            except Exception as exc:
+                if db.is_unreachable(exc):  # an outage, not a bug: 503, no stack trace
+                    outcome, failure = "UNAVAILABLE", db.unavailable(self._service)
+                    _log.warning(
+                        "database_unreachable",
+                        method=method,
+                        request_id=request_id,
+                        error=type(exc).__name__,
                     )
-                )
+                else:
+                    outcome = "INTERNAL"
+                    failure = MailplaneError(
+                        "internal", "An internal error occurred; it has been logged."
+                    )
+                    _log.exception("rpc_failed", method=method, request_id=request_id)
+                await context.abort_with_status(to_status(failure))
             finally:
                 _log.info(
                     "rpc",
