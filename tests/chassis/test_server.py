@@ -4,6 +4,7 @@ unexpected failures become INTERNAL without leaking what went wrong."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,7 +16,7 @@ from services.chassis import auth, db
 from services.chassis.config import Settings
 from services.chassis.errors import MailplaneError
 from services.chassis.rpc import ChassisInterceptor, from_rpc_error
-from services.chassis.server import GrpcService
+from services.chassis.server import GrpcService, Servicer
 from services.pods.server import PodsProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -256,20 +257,23 @@ async def test_an_unreachable_database_answers_unavailable_and_the_pool_recovers
     async def query(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return str(await pool.fetchval("SELECT 1")).encode()
 
-    service = GrpcService(
-        name="probe", pool=pool, servicers=[], authenticate=never, internal_token="t"
+    handler = grpc.method_handlers_generic_handler(
+        "test.Probe", {"Query": grpc.unary_unary_rpc_method_handler(query)}
     )
-    service._server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                "test.Probe", {"Query": grpc.unary_unary_rpc_method_handler(query)}
-            )
-        ]
+    probe = Servicer(
+        lambda _, server: server.add_generic_rpc_handlers([handler]),
+        None,
+        "test.Probe",
+        {"Query": auth.OPERATOR_ONLY},
+    )
+    service = GrpcService(
+        name="probe", pool=pool, servicers=[probe], authenticate=never, internal_token="t"
     )
     port = await service.start("127.0.0.1", 0)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary("/test.Probe/Query")
+            operator = ((auth.INTERNAL_TOKEN_METADATA, "t"),)
+            call = functools.partial(channel.unary_unary("/test.Probe/Query"), metadata=operator)
             assert await call(b"") == b"1"
             await wait_for_status(channel, SERVING)
 
