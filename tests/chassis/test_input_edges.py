@@ -1,0 +1,224 @@
+"""Input validated at the edges, over gRPC directly (as ``grpcurl`` calls the services)
+and through the gateway: NUL bytes, oversized IDs, out-of-range timestamps,
+malformed protobuf, request IDs and page tokens are a clear ``invalid_argument``
+naming the field, never ``INTERNAL``/``UNKNOWN`` or a 500, and no error echoes
+unbounded input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
+from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
+from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
+from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
+from structlog.testing import capture_logs
+
+from services.chassis.config import Settings
+from tests.conftest import Services, Tenant
+
+
+def field_of(error: grpc.aio.AioRpcError) -> str:
+    """The ``field`` an INVALID_ARGUMENT names in its ErrorInfo."""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "INVALID_ARGUMENT"
+    return info.metadata["field"]
+
+
+@pytest.fixture
+async def channels(services: Services, settings: Settings) -> Any:
+    opened = {
+        name: grpc.aio.insecure_channel(getattr(settings, f"{name}_addr"))
+        for name in ("pods", "inboxes", "domains", "mailboxes")
+    }
+    yield opened
+    for channel in opened.values():
+        await channel.close()
+
+
+def _calls(channels: dict[str, grpc.aio.Channel], bad: str) -> list[tuple[Any, Any, str]]:
+    """One call per service whose request carries ``bad`` in a string field, and the
+    field the error must name."""
+    pods = pods_pb2_grpc.PodServiceStub(channels["pods"])
+    inboxes = inboxes_pb2_grpc.InboxServiceStub(channels["inboxes"])
+    domains = domains_pb2_grpc.DomainServiceStub(channels["domains"])
+    mailboxes = mailboxes_pb2_grpc.MailboxServiceStub(channels["mailboxes"])
+    return [
+        (pods.CreatePod, pods_pb2.CreatePodRequest(pod=pods_pb2.Pod(name=bad)), "pod.name"),
+        (pods.GetPod, pods_pb2.GetPodRequest(pod_id=bad), "podId"),
+        (inboxes.GetInbox, inboxes_pb2.GetInboxRequest(inbox_id=bad), "inboxId"),
+        (
+            inboxes.CreateInbox,
+            inboxes_pb2.CreateInboxRequest(inbox=inboxes_pb2.Inbox(display_name=bad)),
+            "inbox.displayName",
+        ),
+        (
+            domains.CreateDomain,
+            domains_pb2.CreateDomainRequest(domain=domains_pb2.Domain(name=bad)),
+            "domain.domain",
+        ),
+        (mailboxes.GetMailbox, mailboxes_pb2.GetMailboxRequest(mailbox_id=bad), "mailboxId"),
+        (
+            mailboxes.CreateFolder,
+            mailboxes_pb2.CreateFolderRequest(
+                mailbox_id="mbx_x", folder=mailboxes_pb2.Folder(name=bad)
+            ),
+            "folder.name",
+        ),
+    ]
+
+
+async def test_nul_in_any_string_field_over_grpc_is_invalid_argument_naming_it(
+    channels: dict[str, grpc.aio.Channel], tenant: Tenant
+) -> None:
+    for method, request, field in _calls(channels, "a\x00b"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(request, metadata=tenant.metadata)
+        assert field_of(err.value) == field
+        assert "NUL" in (err.value.details() or "")
+
+
+async def test_a_9kb_id_over_grpc_is_refused_with_a_bounded_message(
+    channels: dict[str, grpc.aio.Channel], tenant: Tenant
+) -> None:
+    for method, request, field in _calls(channels, "é" * 9000):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(request, metadata=tenant.metadata)
+        assert field_of(err.value) == field
+        assert len(err.value.details() or "") < 300
+        assert "éé" not in (err.value.details() or "")
+
+
+async def test_a_long_id_over_rest_is_a_400_with_a_bounded_message(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    for path in ("/v1/pods/", "/v1/inboxes/", "/v1/domains/", "/v1/agent/mailboxes/"):
+        response = await http.get(path + "x" * 9000, headers=tenant.headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["details"]["field"] in ("pod", "inbox", "domain", "mailbox")
+        assert len(response.text) < 500
+
+
+async def test_a_timestamp_out_of_range_over_grpc_is_invalid_argument(
+    channels: dict[str, grpc.aio.Channel], tenant: Tenant
+) -> None:
+    keys = pods_pb2_grpc.ApiKeyServiceStub(channels["pods"])
+    for ts in (
+        timestamp_pb2.Timestamp(seconds=10**12),
+        timestamp_pb2.Timestamp(seconds=-(10**12)),
+        timestamp_pb2.Timestamp(seconds=0, nanos=-1),
+    ):
+        request = pods_pb2.CreateApiKeyRequest(api_key=pods_pb2.ApiKey(name="k", expire_time=ts))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await keys.CreateApiKey(request, metadata=tenant.metadata)
+        assert field_of(err.value) == "apiKey.expiresAt"
+
+
+async def test_malformed_protobuf_is_invalid_argument_not_unknown(
+    channels: dict[str, grpc.aio.Channel], tenant: Tenant
+) -> None:
+    for service, method in (
+        ("pods", "/mailplane.pods.v1.PodService/CreatePod"),
+        ("mailboxes", "/mailplane.mailboxes.v1.MailboxService/CreateRule"),
+    ):
+        call = channels[service].unary_unary(method)  # bytes in, bytes out
+        for garbage in (b"\xff\xff\xff", b"\x0a\x05ab", b"\x0a\x02\xc3\x28"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(garbage, metadata=tenant.metadata)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+            assert "protobuf" in (err.value.details() or "")
+
+
+@pytest.mark.parametrize("sent", ["a b", "x" * 200, "id;drop", "ok\\u00e9", "x" * 4000])
+async def test_a_bad_request_id_in_metadata_is_replaced_not_logged_verbatim(
+    channels: dict[str, grpc.aio.Channel], tenant: Tenant, sent: str
+) -> None:
+    pods = pods_pb2_grpc.PodServiceStub(channels["pods"])
+    with capture_logs() as logs:
+        await pods.ListPods(
+            pods_pb2.ListPodsRequest(), metadata=(*tenant.metadata, ("x-request-id", sent))
+        )
+    (line,) = [entry for entry in logs if entry["event"] == "rpc"]
+    assert line["request_id"] != sent and len(line["request_id"]) == 32
+
+
+async def test_a_good_request_id_in_metadata_is_kept(
+    channels: dict[str, grpc.aio.Channel], tenant: Tenant
+) -> None:
+    pods = pods_pb2_grpc.PodServiceStub(channels["pods"])
+    with capture_logs() as logs:
+        await pods.ListPods(
+            pods_pb2.ListPodsRequest(), metadata=(*tenant.metadata, ("x-request-id", "trace-7.a:b"))
+        )
+    assert [e["request_id"] for e in logs if e["event"] == "rpc"] == ["trace-7.a:b"]
+
+
+# Page tokens -----------------------------------------------------------------------
+
+#: The five list families and the body key of their items.
+LISTS = {
+    "/v1/pods": "pods",
+    "/v1/api-keys": "apiKeys",
+    "/v1/inboxes": "inboxes",
+    "/v1/domains": "domains",
+    "/v1/agent/mailboxes": "mailboxes",
+}
+
+
+def _crafted(values: list[Any]) -> str:
+    raw = json.dumps(values).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("path", list(LISTS))
+async def test_crafted_page_tokens_are_invalid_argument_on_every_list(
+    http: httpx.AsyncClient, tenant: Tenant, path: str
+) -> None:
+    tags = ["pods", "api_keys", "inboxes::", "domains::::", "mailboxes:", "x"]
+    crafted = [
+        *(_crafted([tag, *rest]) for tag in tags for rest in ([1, 2, 3], [[], {}], ["a", "b"])),
+        *(_crafted([tag, True, "2026-01-01T00:00:00+00:00", "pod_x"]) for tag in tags),
+        "!!!",
+        "e30",
+    ]
+    for token in crafted:
+        response = await http.get(path, params={"pageToken": token}, headers=tenant.headers)
+        assert response.status_code == 400, (token, response.text)
+        assert response.json()["details"] == {"field": "pageToken"}
+
+
+async def _token(http: httpx.AsyncClient, tenant: Tenant, path: str, **params: Any) -> str:
+    page = await http.get(path, params={"limit": 1, **params}, headers=tenant.headers)
+    token = page.json()["nextPageToken"]
+    assert token, page.text
+    return str(token)
+
+
+async def test_a_page_token_is_bound_to_its_account_and_listing(
+    http: httpx.AsyncClient, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    for who in (tenant, other_tenant):
+        for i in range(2):
+            await http.post("/v1/pods", json={"clientId": f"p{i}"}, headers=who.headers)
+    token = await _token(http, tenant, "/v1/pods")
+    own = await http.get("/v1/pods", params={"pageToken": token}, headers=tenant.headers)
+    assert own.status_code == 200
+    swapped = await http.get("/v1/pods", params={"pageToken": token}, headers=other_tenant.headers)
+    assert swapped.status_code == 400 and swapped.json()["details"] == {"field": "pageToken"}
+    elsewhere = await http.get("/v1/api-keys", params={"pageToken": token}, headers=tenant.headers)
+    assert elsewhere.status_code == 400
+    tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    forged = await http.get("/v1/pods", params={"pageToken": tampered}, headers=tenant.headers)
+    assert forged.status_code == 400
