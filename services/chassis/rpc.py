@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -189,7 +189,8 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 account_id = principal.account_id if principal else None
                 if request is _UNDECODABLE:
                     raise inputs.undecodable()
-                inputs.check_request(request)
+                if isinstance(request, Message):  # not a raw-bytes handler
+                    inputs.check_request(request)
                 tokens.append(_forwarded.set(self._to_forward(metadata)))
                 principal_token = auth.set_principal(principal)
                 try:
