@@ -27,7 +27,7 @@ from tests.conftest import Services, Tenant
 
 SEED = 20_260_301
 #: Generated requests per method and credential, plus as many random byte strings.
-REQUESTS_PER_METHOD = 12
+REQUESTS_PER_METHOD = 25
 RANDOM_BYTES_PER_METHOD = 3
 SERVICES = ("pods", "inboxes", "domains", "mailboxes")
 _BROKEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
