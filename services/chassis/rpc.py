@@ -79,9 +79,14 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> MailplaneError:
     A status carrying Mailplane's ErrorInfo maps back to its code, message and
     details; a bare status (a peer down, a deadline passed) maps by its code,
     ``UNAVAILABLE``/``DEADLINE_EXCEEDED`` to ``unavailable``, and anything else to
-    ``internal``.
+    ``internal``; ``RESOURCE_EXHAUSTED`` (gRPC's own size limits) to
+    ``invalid_argument``. A status whose details disagree with its code (gRPC cut
+    the trailers and answered its own code) counts as bare.
     """
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:  # "Code in Status proto … doesn't match status code"
+        status = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

@@ -14,7 +14,7 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mailplane.domains.v1 import domains_pb2, domains_pb2_grpc
 from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
@@ -23,6 +23,7 @@ from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 from structlog.testing import capture_logs
 
 from services.chassis.config import Settings
+from services.chassis.rpc import from_rpc_error
 from tests.conftest import Services, Tenant
 
 
@@ -186,7 +187,7 @@ def _crafted(values: list[Any]) -> str:
 async def test_crafted_page_tokens_are_invalid_argument_on_every_list(
     http: httpx.AsyncClient, tenant: Tenant, path: str
 ) -> None:
-    tags = ["pods", "api_keys", "inboxes::", "domains::::", "mailboxes:", "x"]
+    tags = ["pods", "api_keys", "inboxes::", "domains:::", "mailboxes:", "x"]
     crafted = [
         *(_crafted([tag, *rest]) for tag in tags for rest in ([1, 2, 3], [[], {}], ["a", "b"])),
         *(_crafted([tag, True, "2026-01-01T00:00:00+00:00", "pod_x"]) for tag in tags),
@@ -222,3 +223,16 @@ async def test_a_page_token_is_bound_to_its_account_and_listing(
     tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
     forged = await http.get("/v1/pods", params={"pageToken": tampered}, headers=tenant.headers)
     assert forged.status_code == 400
+
+
+def test_a_status_cut_by_grpc_size_limits_maps_to_invalid_argument_not_internal() -> None:
+    # What a peer sees when trailers exceed its limit: gRPC's own RESOURCE_EXHAUSTED,
+    # with the details of the status the server meant (here NOT_FOUND).
+    meant = status_pb2.Status(code=code_pb2.NOT_FOUND, message="No pod")
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("grpc-status-details-bin", meant.SerializeToString())),
+        details="received metadata size exceeds hard limit",
+    )
+    assert from_rpc_error(error).code == "invalid_argument"
