@@ -236,3 +236,23 @@ def test_a_status_cut_by_grpc_size_limits_maps_to_invalid_argument_not_internal(
         details="received metadata size exceeds hard limit",
     )
     assert from_rpc_error(error).code == "invalid_argument"
+
+
+async def test_out_of_range_numbers_and_times_over_rest_are_400_naming_the_field(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    mailbox = await http.post(
+        "/v1/agent/mailboxes", json={"address": "ranges@mailplane.test"}, headers=tenant.headers
+    )
+    assert mailbox.status_code == 201, mailbox.text
+    rules = f"/v1/agent/mailboxes/{mailbox.json()['id']}/rules"
+    for priority in (2**31, -(2**31) - 1, 2**64):
+        rule = {"name": "r", "priority": priority, "action": {"type": "archive"}}
+        response = await http.post(rules, json=rule, headers=tenant.headers)
+        assert response.status_code == 400 and response.json()["details"] == {"field": "priority"}
+    for when in ("10000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:60Z"):
+        response = await http.post(
+            "/v1/api-keys", json={"name": "k", "expiresAt": when}, headers=tenant.headers
+        )
+        assert response.status_code == 400, (when, response.text)
+        assert response.json()["details"] == {"field": "expiresAt"}
