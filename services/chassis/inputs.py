@@ -11,8 +11,9 @@ JSON path (``pod.name``, ``apiKey.expiresAt``); the gateway's codec applies
 :func:`check_text` to each value it decodes, naming it as the REST request does.
 
 Request IDs follow the gateway's rule: 1-128 of ``A-Z a-z 0-9 . _ : -``, else a new
-one. Whatever a caller sent is echoed in an error only through :func:`shown`,
-which cuts it short.
+one. Errors never echo unbounded input: the bounds above hold before any service
+code runs, and the chassis cuts every error message and detail
+(:data:`MAX_MESSAGE`, :data:`MAX_DETAIL`) before it travels in trailers.
 """
 
 from __future__ import annotations
@@ -135,14 +136,6 @@ def request_id(sent: str | None) -> str:
     if sent is not None and REQUEST_ID.fullmatch(sent):
         return sent
     return secrets.token_hex(16)
-
-
-def shown(value: str, limit: int = 64) -> str:
-    """Returns ``repr(value)``, cut to about ``limit`` characters with ``…``, for
-    echoing a caller's input in an error message."""
-    if len(value) <= limit:
-        return repr(value)
-    return repr(value[:limit]) + "…"
 
 
 #: The most characters of an error message and of each ErrorInfo metadata value:

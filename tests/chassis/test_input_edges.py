@@ -256,3 +256,17 @@ async def test_out_of_range_numbers_and_times_over_rest_are_400_naming_the_field
         )
         assert response.status_code == 400, (when, response.text)
         assert response.json()["details"] == {"field": "expiresAt"}
+
+
+async def test_odd_paths_queries_and_request_ids_over_rest_never_answer_5xx(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    for path in ("/v1/pods/%FF", "/v1/pods/%00", "/v1/pods?pageToken=%FF", "/v1/pods?podId=%00"):
+        response = await http.get(path, headers=tenant.headers)
+        assert response.status_code in (200, 400, 404), (path, response.text)
+    for sent in ("x" * 12_000, "é", "a\tb"):
+        response = await http.get(
+            "/v1/pods", headers={**tenant.headers, "X-Request-Id": sent.encode()}
+        )
+        assert response.status_code == 200
+        assert len(response.headers["x-request-id"]) == 32
