@@ -140,7 +140,7 @@ def request_id(sent: str | None) -> str:
 
 #: The most characters of an error message and of each ErrorInfo metadata value:
 #: the status travels in trailers, which peers cap (8-16 KiB).
-MAX_MESSAGE = 1024
+MAX_MESSAGE = 512
 MAX_DETAIL = 256
 
 

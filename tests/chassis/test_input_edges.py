@@ -22,8 +22,10 @@ from mailplane.mailboxes.v1 import mailboxes_pb2, mailboxes_pb2_grpc
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 from structlog.testing import capture_logs
 
+from services.chassis import auth
 from services.chassis.config import Settings
-from services.chassis.rpc import from_rpc_error
+from services.chassis.errors import MailplaneError
+from services.chassis.rpc import ChassisInterceptor, from_rpc_error
 from tests.conftest import Services, Tenant
 
 
@@ -100,6 +102,23 @@ async def test_a_9kb_id_over_grpc_is_refused_with_a_bounded_message(
         assert field_of(err.value) == field
         assert len(err.value.details() or "") < 300
         assert "éé" not in (err.value.details() or "")
+
+
+async def test_the_longest_allowed_non_ascii_values_answer_catalog_errors_in_small_trailers(
+    channels: dict[str, grpc.aio.Channel], tenant: Tenant
+) -> None:
+    # 255 two-byte characters, echoed, percent-encoded in grpc-message and again in
+    # grpc-status-details-bin: still under gRPC's 8 KiB soft metadata limit.
+    for method, request, _ in _calls(channels, "é" * 255):
+        try:
+            await method(request, metadata=tenant.metadata)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() not in (
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNKNOWN,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ), error
+            assert len(error.details() or "") <= 512
 
 
 async def test_a_long_id_over_rest_is_a_400_with_a_bounded_message(
@@ -270,3 +289,33 @@ async def test_odd_paths_queries_and_request_ids_over_rest_never_answer_5xx(
         )
         assert response.status_code == 200
         assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_an_error_message_and_details_are_cut_before_they_travel_in_trailers() -> None:
+    async def unused(secret: str) -> auth.Principal:
+        raise auth.bad_key()
+
+    async def verbose(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise MailplaneError("pod_not_found", "é" * 20_000, {"pod": "p" * 20_000})
+
+    server = grpc.aio.server(interceptors=[ChassisInterceptor("test", unused, "t")])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Probe", {"Verbose": grpc.unary_unary_rpc_method_handler(verbose)}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Probe/Verbose")(b"")
+    finally:
+        await server.stop(0)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    mapped = from_rpc_error(err.value)
+    assert mapped.code == "pod_not_found"
+    assert len(mapped.message) <= 512 and mapped.message.endswith("…")
+    assert mapped.details is not None and len(str(mapped.details["pod"])) <= 256
