@@ -2,7 +2,8 @@
 
 The local launcher keeps its generated secrets in ``.mailplane/settings.env``
 (``MAILPLANE_INTERNAL_TOKEN``, ``MAILPLANE_DB_ROLE_PASSWORD``,
-``MAILPLANE_DKIM_ENCRYPTION_KEY``, ``MAILPLANE_CREDENTIAL_HASH_KEY``, and the embedded
+``MAILPLANE_DKIM_ENCRYPTION_KEY``, ``MAILPLANE_CREDENTIAL_HASH_KEY``,
+``MAILPLANE_PAGE_TOKEN_KEY``, and the embedded
 database's ``MAILPLANE_DATABASE_URL``); ``mailplane-admin`` reads the same file, so
 run from the checkout it needs no flags or variables. Variables set in the
 environment win over the file.
@@ -39,6 +40,7 @@ LOCAL_SECRETS = {
     "MAILPLANE_DB_ROLE_PASSWORD": lambda: secrets.token_urlsafe(24),
     "MAILPLANE_DKIM_ENCRYPTION_KEY": lambda: Fernet.generate_key().decode(),
     "MAILPLANE_CREDENTIAL_HASH_KEY": lambda: secrets.token_urlsafe(32),
+    "MAILPLANE_PAGE_TOKEN_KEY": lambda: secrets.token_urlsafe(32),
 }
 
 

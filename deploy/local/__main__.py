@@ -1,7 +1,8 @@
 """``python -m deploy.local`` (``make run``): the whole suite on one machine.
 
 1. Secrets: ``.mailplane/settings.env`` is made on first start (service credential,
-   database role password, DKIM encryption key, credential hash key) and kept.
+   database role password, DKIM encryption key, credential hash key, page-token
+   key) and kept.
 2. Database: ``MAILPLANE_DATABASE_URL`` if set, else an embedded PostgreSQL
    (pgserver) under ``.mailplane/pgdata``, with a ``mailplane`` database.
 3. Every service's migrations, each into its own schema under its own role.

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     #: passwords (at least 32 bytes; the local launcher generates one). Changing
     #: it invalidates every stored password until its inbox's credentials rotate.
     credential_hash_key: SecretStr = SecretStr("mailplane-dev-credential-hash-key")
+    #: HMAC-SHA-256 key that signs page tokens (``services.chassis.pagination``),
+    #: shared by every service (the local launcher generates one). Changing it
+    #: invalidates the page tokens in flight: clients start again from page one.
+    page_token_key: SecretStr = SecretStr("mailplane-dev-page-token-key")
     #: Where the local launcher keeps the embedded database and the dev key.
     state_dir: Path = Path(".mailplane")
 

@@ -8,6 +8,7 @@ from mailplane.inboxes.v1 import inboxes_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -49,6 +50,7 @@ async def build(settings: Settings) -> InboxesProcess:
             settle_seconds=2 * deadline,
         ),
         CredentialHasher(settings.credential_hash_key.get_secret_value().encode()),
+        page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
     )
 
     async def sweep() -> None:

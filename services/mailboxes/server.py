@@ -8,6 +8,7 @@ from mailplane.mailboxes.v1 import mailboxes_pb2_grpc
 
 from services.chassis import db
 from services.chassis.config import Settings
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -41,6 +42,7 @@ async def build(settings: Settings) -> MailboxesProcess:
         pods,
         DomainsClient(domains_channel, deadline, internal_token),
         settings.shared_domain,
+        page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
     )
 
     async def sweep() -> None:
