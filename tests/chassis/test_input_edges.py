@@ -298,7 +298,8 @@ async def test_an_error_message_and_details_are_cut_before_they_travel_in_traile
     async def verbose(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         raise MailplaneError("pod_not_found", "é" * 20_000, {"pod": "p" * 20_000})
 
-    server = grpc.aio.server(interceptors=[ChassisInterceptor("test", unused, "t")])
+    access = {"/test.Probe/Verbose": auth.OPERATOR_ONLY}
+    server = grpc.aio.server(interceptors=[ChassisInterceptor("test", unused, "t", access)])
     server.add_generic_rpc_handlers(
         [
             grpc.method_handlers_generic_handler(
@@ -311,7 +312,9 @@ async def test_an_error_message_and_details_are_cut_before_they_travel_in_traile
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await channel.unary_unary("/test.Probe/Verbose")(b"")
+                await channel.unary_unary("/test.Probe/Verbose")(
+                    b"", metadata=((auth.INTERNAL_TOKEN_METADATA, "t"),)
+                )
     finally:
         await server.stop(0)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
