@@ -3,7 +3,7 @@
 The local launcher keeps its generated secrets in ``.mailplane/settings.env``
 (``MAILPLANE_INTERNAL_TOKEN``, ``MAILPLANE_DB_ROLE_PASSWORD``,
 ``MAILPLANE_DKIM_ENCRYPTION_KEY``, ``MAILPLANE_CREDENTIAL_HASH_KEY``,
-``MAILPLANE_WEBHOOK_SECRET_KEY``, and the embedded database's
+``MAILPLANE_WEBHOOK_SECRET_KEY``, ``MAILPLANE_PAGE_TOKEN_KEY``, and the embedded database's
 ``MAILPLANE_DATABASE_URL``); ``mailplane-admin`` reads the same file, so run from
 the checkout it needs no flags or variables. Variables set in the environment win
 over the file.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from services.chassis import config
 from services.chassis.config import Settings
 
 SETTINGS_FILE = "settings.env"
@@ -30,7 +31,7 @@ def state_dir() -> Path:
 def load() -> Settings:
     """Returns the settings: the environment, then ``<state dir>/settings.env``."""
     path = state_dir() / SETTINGS_FILE
-    return Settings(_env_file=path if path.exists() else None)  # type: ignore[call-arg]
+    return config.from_environment(_env_file=path if path.exists() else None)
 
 
 #: The secrets the launcher generates once and keeps, and how each is made.
@@ -40,6 +41,7 @@ LOCAL_SECRETS = {
     "MAILPLANE_DKIM_ENCRYPTION_KEY": lambda: Fernet.generate_key().decode(),
     "MAILPLANE_CREDENTIAL_HASH_KEY": lambda: secrets.token_urlsafe(32),
     "MAILPLANE_WEBHOOK_SECRET_KEY": lambda: Fernet.generate_key().decode(),
+    "MAILPLANE_PAGE_TOKEN_KEY": lambda: secrets.token_urlsafe(32),
 }
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import uvicorn
 
 from gateway.app import create_app
-from services.chassis import logs
-from services.chassis.config import Settings
+from services.chassis import config, logs
 
 
 def main() -> None:
     """Runs uvicorn until SIGTERM or SIGINT (uvicorn shuts down gracefully)."""
-    settings = Settings()
+    settings = config.from_environment()
     logs.configure(settings.log_level, settings.log_format)
     uvicorn.run(
         create_app(settings),

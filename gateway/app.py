@@ -196,7 +196,7 @@ def _operation_document(op: Operation, components: dict[str, Any]) -> dict[str, 
                 "name": alias,
                 "in": "query",
                 "required": False,
-                "schema": {"type": "string"},
+                "schema": codec.field_schema(request_type, name),
                 "description": f"Another name for `{parameter}`.",
             }
             for alias, meant in op.aliases.items()
@@ -215,7 +215,7 @@ def _operation_document(op: Operation, components: dict[str, Any]) -> dict[str, 
                 "name": "pageToken",
                 "in": "query",
                 "required": False,
-                "schema": {"type": "string"},
+                "schema": codec.field_schema(request_type, "page_token"),
                 "description": "`nextPageToken` of the previous page.",
             },
         ]
@@ -307,21 +307,43 @@ def _document(
     }
 
 
+#: The codes any operation may answer: a bad request, no key, another method on
+#: the path (405, with ``Allow``), a service down, a bug (500, logged).
+_ANY_OPERATION: tuple[Code, ...] = (
+    "invalid_argument",
+    "unauthenticated",
+    "method_not_allowed",
+    "unavailable",
+    "internal",
+)
+#: Response headers of the error statuses that carry one.
+_ERROR_HEADERS = {
+    405: {
+        "Allow": {
+            "description": "The methods this path answers, e.g. `GET, POST`.",
+            "schema": {"type": "string"},
+        }
+    }
+}
+
+
 def _error_responses(codes: tuple[Code, ...]) -> dict[str, Any]:
-    """The error responses of these catalog codes (plus 400, 401 and 503, which any
-    operation may answer)."""
+    """The error responses of these catalog codes, plus those any operation may
+    answer (400, 401, 405, 500, 503)."""
     by_status: dict[int, list[str]] = {}
-    for code in ("invalid_argument", "unauthenticated", *codes, "unavailable"):
+    for code in (*_ANY_OPERATION, *codes):
         names = by_status.setdefault(CATALOG[code].http_status, [])
         if code not in names:
             names.append(code)
-    return {
-        str(status): {
+    responses: dict[str, Any] = {}
+    for status, names in sorted(by_status.items()):
+        responses[str(status)] = {
             "description": "Error: " + ", ".join(f"`{c}`" for c in names),
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
         }
-        for status, names in sorted(by_status.items())
-    }
+        if status in _ERROR_HEADERS:
+            responses[str(status)]["headers"] = _ERROR_HEADERS[status]
+    return responses
 
 
 DELETED_SCHEMA = {

@@ -16,9 +16,12 @@ The REST shape of a message is derived, never hand-written (DESIGN §4):
   JSON value (an event's ``data``), embedded as it is, never re-parsed.
 
 Requests are decoded strictly: unknown fields, wrong JSON types, integers out of
-the field's range, unknown enum names, NUL characters and ``null`` for a field
-without presence answer ``invalid_argument`` naming the field by its JSON path.
-The same descriptors give the OpenAPI schema of each message.
+the field's range, unknown enum names, NUL characters, strings longer than the
+field's bound and lists longer than ``services.chassis.inputs.MAX_ITEMS``
+(the bounds every service checks too), and ``null`` for a field without presence
+answer ``invalid_argument`` naming the field by its JSON path. The same
+descriptors give the OpenAPI schema of each message, bounds and
+``(mailplane.rest.v1.pattern)`` included.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 from mailplane.rest.v1 import rest_pb2
 
+from services.chassis import inputs
 from services.chassis.errors import MailplaneError, invalid_argument
 
 Json = Any
@@ -243,6 +247,10 @@ def _set(message: Message, spec: _Field, value: Json, path: str) -> None:
     if _repeated(field):
         if not isinstance(value, list):
             raise invalid_argument(path, "must be a list.")
+        if len(value) > inputs.MAX_ITEMS:
+            raise invalid_argument(
+                path, f"has {len(value)} values; the most is {inputs.MAX_ITEMS}."
+            )
         target = getattr(message, name)
         del target[:]
         for i, item in enumerate(value):
@@ -281,9 +289,7 @@ def scalar_value(field: FieldDescriptor, value: Json, path: str) -> Any:
     if kind == FieldDescriptor.TYPE_STRING:
         if not isinstance(value, str):
             raise invalid_argument(path, "must be a string.")
-        if "\x00" in value:
-            raise invalid_argument(path, "may not contain NUL characters.")
-        return value
+        return inputs.check_text(value, inputs.max_length(field), path)
     if kind == FieldDescriptor.TYPE_BOOL:
         if not isinstance(value, bool):
             raise invalid_argument(path, "must be true or false.")
@@ -416,6 +422,8 @@ def _field_schema(spec: _Field, components: dict[str, Json], *, request: bool) -
     item = _single_schema(field, components, request=request)
     if _repeated(field):
         schema: dict[str, Json] = {"type": "array", "items": item}
+        if request:
+            schema["maxItems"] = inputs.MAX_ITEMS
     elif spec.presence or field.name == PAGE_TOKEN_FIELD or field.type == FieldDescriptor.TYPE_ENUM:
         schema = {"anyOf": [item, {"type": "null"}]}
     else:
@@ -443,6 +451,12 @@ def _single_schema(field: FieldDescriptor, components: dict[str, Json], *, reque
         return {"type": "integer", "minimum": low, "maximum": high}
     if kind in _FLOATS:
         return {"type": "number"}
+    if kind == FieldDescriptor.TYPE_STRING and request:
+        schema: dict[str, Json] = {"type": "string", "maxLength": inputs.max_length(field)}
+        pattern = field.GetOptions().Extensions[rest_pb2.pattern]
+        if pattern:
+            schema["pattern"] = pattern
+        return schema
     return {"type": "string"}
 
 

@@ -42,8 +42,17 @@ ERROR_BODY_SCHEMA = {
 }
 
 
+#: Seconds an ``unavailable`` (503) answer asks the caller to wait (``Retry-After``,
+#: RFC 9110 §10.2.3): about the services' health probe interval, in which a
+#: database that came back is noticed.
+RETRY_AFTER_SECONDS = 2
+
+
 def error_response(error: MailplaneError, headers: Mapping[str, str] | None = None) -> Response:
-    """Renders a catalog error as its HTTP response."""
+    """Renders a catalog error as its HTTP response; ``unavailable`` carries a
+    ``Retry-After`` of ``RETRY_AFTER_SECONDS``."""
+    if error.code == "unavailable":
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_SECONDS)}
     status = error.entry.http_status
     body = {
         "error": error.code,

@@ -17,10 +17,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.chassis import inputs
 from services.chassis.logs import get_logger
 
 _log = get_logger("mailplane.gateway")
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+#: The services' rule (``inputs.REQUEST_ID``), on the raw header bytes.
+_REQUEST_ID = re.compile(inputs.REQUEST_ID.pattern.encode("ascii"))
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> str:

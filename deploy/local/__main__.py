@@ -1,15 +1,24 @@
 """``python -m deploy.local`` (``make run``): the whole suite on one machine.
 
 1. Secrets: ``.mailplane/settings.env`` is made on first start (service credential,
-   database role password, DKIM encryption key, credential hash key, webhook secret
-   key) and kept. Webhooks may target loopback and private addresses
-   (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this machine works.
+   database role password, DKIM encryption key, credential hash key, page-token
+   key, webhook secret key) and kept. Webhooks may target loopback and private
+   addresses (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this
+   machine works.
 2. Database: ``MAILPLANE_DATABASE_URL`` if set, else an embedded PostgreSQL
    (pgserver) under ``.mailplane/pgdata``, with a ``mailplane`` database.
 3. Every service's migrations, each into its own schema under its own role.
-4. The services and the gateway as child processes, each with the same settings.
+4. The services and the gateway as child processes, each with the same settings,
+   supervised: one that exits is logged and started again after a pause that
+   doubles from ``RESTART_DELAY_SECONDS`` to ``RESTART_DELAY_MAX_SECONDS`` (back to
+   the start once it has stayed up ``STABLE_SECONDS``), while the others keep
+   serving.
 5. The development account, created once; its key is kept in
    ``.mailplane/dev-api-key`` and printed with the URL.
+
+Each child writes to its own pipe and the launcher relays whole lines to its
+stderr, one write a line, so the lines of five processes never run together
+(a log line larger than a pipe's atomic write would, on a shared stream).
 
 Ctrl-C (or SIGTERM) stops every child gracefully, then the embedded database.
 Running it again keeps the data and the key.
@@ -21,9 +30,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import grpc
 import httpx
@@ -31,7 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from deploy import settings as local_settings
-from services.chassis import db, logs
+from services.chassis import config, db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
@@ -58,6 +69,17 @@ DEV_KEY_FILE = "dev-api-key"
 #: webhooks may target a receiver on this machine (refused in production, DESIGN §7.6).
 DEVELOPMENT = {"MAILPLANE_WEBHOOK_ALLOW_PRIVATE": "true"}
 START_TIMEOUT_SECONDS = 60.0
+#: Pause before the first restart of a child that exited, in seconds; it doubles
+#: with each restart up to ``RESTART_DELAY_MAX_SECONDS``.
+RESTART_DELAY_SECONDS = 0.5
+RESTART_DELAY_MAX_SECONDS = 10.0
+#: A child up this long, in seconds, counts as healthy: its next restart waits
+#: ``RESTART_DELAY_SECONDS`` again.
+STABLE_SECONDS = 30.0
+#: Seconds a child has to stop after SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 15.0
+#: The longest line relayed whole, in bytes; a longer one is relayed in pieces.
+LINE_LIMIT_BYTES = 1 << 20
 
 
 def _database_url(state: Path, env: dict[str, str]) -> tuple[str, Any]:
@@ -73,6 +95,19 @@ def _database_url(state: Path, env: dict[str, str]) -> tuple[str, Any]:
         server.psql("CREATE DATABASE mailplane;")
     uri: str = server.get_uri()
     return uri.replace("/postgres?", "/mailplane?"), server
+
+
+def _stop_embedded(server: Any) -> None:
+    """Stops the embedded PostgreSQL, even one started again behind pgserver's
+    back (an operator's ``pg_ctl start``), which pgserver's own cleanup skips as
+    it only stops the postmaster it started."""
+    import pgserver
+
+    server.cleanup()
+    if (server.pgdata / "postmaster.pid").exists():
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl: Any = pgserver.pg_ctl  # type: ignore[attr-defined]  # made at import
+            pg_ctl(["-w", "stop"], pgdata=server.pgdata, user=server.system_user)
 
 
 async def _wait_serving(address: str, deadline: float) -> None:
@@ -130,8 +165,101 @@ async def _dev_api_key(settings: Settings, state: Path) -> str:
     return created.api_key
 
 
-async def _spawn(env: dict[str, str], *module_args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", *module_args, env=env)
+async def _relay(stream: asyncio.StreamReader, out: BinaryIO) -> None:
+    """Copies ``stream`` to ``out`` a whole line at a time until end of file.
+
+    Every relay runs on the launcher's one event loop and writes each line with
+    one call, so no two lines ever share a line of ``out``.
+    """
+    while True:
+        try:
+            line = await stream.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:  # end of file
+            line = exc.partial + b"\n" if exc.partial else b""
+        except asyncio.LimitOverrunError as exc:  # a line beyond LINE_LIMIT_BYTES
+            line = await stream.readexactly(exc.consumed) + b"\n"
+        if not line:
+            return
+        out.write(line)
+        out.flush()
+
+
+class Child:
+    """One supervised child process: ``python <args>``.
+
+    ``supervise()`` runs it, relays its output and starts it again whenever it
+    exits, until ``stop()``.
+
+    Args:
+        name: how the launcher's log lines name it (``pods``, ``gateway``).
+        args: the interpreter's arguments (``-m``, ``services.pods``, ``serve``).
+        env: its environment.
+        out: where its output lines are relayed (the launcher's stderr).
+    """
+
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], out: BinaryIO):
+        self.name = name
+        self._args = args
+        self._env = env
+        self._out = out
+        self.process: asyncio.subprocess.Process | None = None
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Starts supervising (the first process is spawned at once)."""
+        self._task = asyncio.create_task(self.supervise())
+
+    async def supervise(self) -> None:
+        """Runs the child until ``stop()``, restarting it with backoff when it exits."""
+        loop = asyncio.get_running_loop()
+        delay = RESTART_DELAY_SECONDS
+        while not self._stopping.is_set():
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *self._args,
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                limit=LINE_LIMIT_BYTES,
+                # Its own session: a terminal's Ctrl-C reaches the launcher only,
+                # which stops the children in order.
+                start_new_session=True,
+            )
+            started = loop.time()
+            assert self.process.stdout is not None
+            await _relay(self.process.stdout, self._out)
+            code = await self.process.wait()
+            if self._stopping.is_set():
+                return
+            if loop.time() - started >= STABLE_SECONDS:
+                delay = RESTART_DELAY_SECONDS
+            _log.warning("child_exited", process=self.name, code=code, restart_in_seconds=delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX_SECONDS)
+            if not self._stopping.is_set():
+                _log.info("child_restarting", process=self.name)
+
+    def signal(self, sig: int) -> None:
+        """Sends ``sig`` to the running process, if any (it is not restarted
+        unless it exits)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+
+    async def stop(self) -> None:
+        """Stops supervising and the process: SIGTERM, then SIGKILL after
+        ``STOP_GRACE_SECONDS``; returns once it has exited and its output is relayed."""
+        self._stopping.set()
+        self.signal(signal.SIGTERM)
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE_SECONDS)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            await self._task
 
 
 async def _run(state: Path) -> int:
@@ -147,7 +275,17 @@ async def _run(state: Path) -> int:
     }
     os.environ.update(env)
     settings = Settings()
-    children: list[asyncio.subprocess.Process] = []
+    out = sys.stderr.buffer
+    if settings.log_format == "auto" and sys.stderr.isatty():
+        env["MAILPLANE_LOG_FORMAT"] = "console"  # the children write to pipes, not the TTY
+    children = [
+        *(Child(name, ("-m", module, "serve"), env, out) for name, _, module in SERVICES),
+        *(
+            Child(f"messages-{process}", ("-m", "services.messages", process), env, out)
+            for process in MAIL_PROCESSES
+        ),
+        Child("gateway", ("-m", "gateway"), env, out),
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -158,16 +296,24 @@ async def _run(state: Path) -> int:
                 admin_dsn, name, settings.db_role_password.get_secret_value(), migrations
             )
             _log.info("migrated", service=name, applied=applied)
-        for _, _, module in SERVICES:
-            children.append(await _spawn(env, module, "serve"))
-        for process in MAIL_PROCESSES:
-            children.append(await _spawn(env, "services.messages", process))
-        children.append(await _spawn(env, "gateway"))
+        for child in children:
+            child.start()
         deadline = loop.time() + START_TIMEOUT_SECONDS
-        for name, _, _ in SERVICES:
-            await _wait_serving(getattr(settings, f"{name}_addr"), deadline)
         base_url = f"http://{settings.bind_host}:{settings.gateway_port}"
-        await _wait_http(f"{base_url}/healthz", deadline)
+        addresses = [getattr(settings, f"{name}_addr") for name, _, _ in SERVICES]
+        starting = asyncio.gather(
+            *(_wait_serving(address, deadline) for address in addresses),
+            _wait_http(f"{base_url}/healthz", deadline),
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            return 0
+        stopped.cancel()
+        await starting
         key = await _dev_api_key(settings, state)
         sys.stdout.write(
             "\nMailplane is up.\n"
@@ -181,31 +327,21 @@ async def _run(state: Path) -> int:
             "Ctrl-C stops everything.\n\n"
         )
         sys.stdout.flush()
-        while not stop.is_set():
-            if any(child.returncode is not None for child in children):
-                _log.error("child_exited", codes=[c.returncode for c in children])
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+        await stop.wait()
         return 0
     finally:
-        for child in children:
-            if child.returncode is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                await asyncio.wait_for(child.wait(), 15)
-            except TimeoutError:
-                child.kill()
-                await child.wait()
+        # The gateway first, so no request reaches a service that is stopping; then
+        # the services together; the embedded database last.
+        await children[-1].stop()
+        await asyncio.gather(*(child.stop() for child in children[:-1]))
         if embedded is not None:
-            embedded.cleanup()
+            _stop_embedded(embedded)
         _log.info("stopped")
 
 
 def main() -> None:
-    """Runs the suite until Ctrl-C; exits non-zero if a process failed."""
-    settings = Settings()
+    """Runs the suite until Ctrl-C; exits non-zero if it could not start."""
+    settings = config.from_environment()
     logs.configure(settings.log_level, settings.log_format)
     state = local_settings.state_dir()
     sys.exit(asyncio.run(_run(state)))

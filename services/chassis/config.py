@@ -2,21 +2,44 @@
 
 Every setting has a development default, so ``make run`` needs none of them
 (twelve-factor config). Secrets are ``SecretStr`` and never shown in reprs or logs.
+
+Outside development (``MAILPLANE_ENV=production``) the development defaults of
+secrets are well-known values, so they are refused: every secret setting (every
+``SecretStr`` field but ``OPTIONAL_SECRETS``) must be set, and not to its
+development default, or the process refuses to start naming the settings.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Secret settings that may stay unset in production: each has a fallback that is
+#: itself a required secret (``service_database_url`` is derived from
+#: ``database_url`` and ``db_role_password``).
+OPTIONAL_SECRETS = frozenset({"service_database_url"})
 
 
 class Settings(BaseSettings):
-    """Every Mailplane setting; each field ``x`` is read from ``MAILPLANE_X``."""
+    """Every Mailplane setting; each field ``x`` is read from ``MAILPLANE_X``.
+
+    Raises:
+        pydantic.ValidationError: a value does not parse, or ``env`` is
+            ``production`` and a secret setting is unset or holds its
+            development default (the message names each ``MAILPLANE_*``).
+    """
 
     model_config = SettingsConfigDict(env_prefix="MAILPLANE_", frozen=True, extra="ignore")
+
+    #: ``development`` (the default; secrets fall back to well-known development
+    #: values) or ``production`` (every secret setting must be set explicitly).
+    env: Literal["development", "production"] = "development"
 
     #: Administrative DSN: used by ``migrate`` to create each service's role and
     #: schema, and (in one-cluster deployments) as the template of the service DSN.
@@ -80,6 +103,10 @@ class Settings(BaseSettings):
     #: passwords (at least 32 bytes; the local launcher generates one). Changing
     #: it invalidates every stored password until its inbox's credentials rotate.
     credential_hash_key: SecretStr = SecretStr("mailplane-dev-credential-hash-key")
+    #: HMAC-SHA-256 key that signs page tokens (``services.chassis.pagination``),
+    #: shared by every service (the local launcher generates one). Changing it
+    #: invalidates the page tokens in flight: clients start again from page one.
+    page_token_key: SecretStr = SecretStr("mailplane-dev-page-token-key")
     #: Where the local launcher keeps the embedded database and the dev key.
     state_dir: Path = Path(".mailplane")
 
@@ -94,6 +121,26 @@ class Settings(BaseSettings):
     #: ``auto`` (JSON unless stderr is a TTY), ``json`` or ``console``.
     log_format: str = "auto"
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _refuse_development_secrets(self) -> Settings:
+        """In production, refuses secret settings left unset or at their
+        development default (issue 11: services started on well-known secrets)."""
+        if self.env == "development":
+            return self
+        fields = type(self).model_fields
+        refused = [
+            setting_name(name)
+            for name in secret_settings()
+            if name not in OPTIONAL_SECRETS
+            and (getattr(self, name) is None or getattr(self, name) == fields[name].default)
+        ]
+        if refused:
+            raise ValueError(
+                f"MAILPLANE_ENV={self.env} needs every secret set to a value of its own; "
+                f"unset or left at the development default: {', '.join(refused)}"
+            )
+        return self
 
     def service_dsn(self, service: str) -> str:
         """Returns the DSN this process uses for ``service``'s own schema.
@@ -113,6 +160,47 @@ class Settings(BaseSettings):
         """Returns the gRPC port ``service`` listens on, from its ``<service>_addr``."""
         addr: str = getattr(self, f"{service}_addr")
         return int(addr.rsplit(":", 1)[1])
+
+
+def secret_settings() -> list[str]:
+    """Returns the field names of every secret setting (typed ``SecretStr``), in
+    declaration order, e.g. ``["database_url", …, "internal_token", …]``."""
+    return [
+        name
+        for name, field in Settings.model_fields.items()
+        if SecretStr in _members(field.annotation)
+    ]
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types of a union annotation (``SecretStr | None``), or the type itself."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def setting_name(field: str) -> str:
+    """Returns the environment variable of a settings field: ``MAILPLANE_<FIELD>``."""
+    return f"MAILPLANE_{field.upper()}"
+
+
+def from_environment(**kwargs: Any) -> Settings:
+    """Returns ``Settings(**kwargs)`` (the environment, plus e.g. ``_env_file``),
+    for a process's entry point.
+
+    Raises:
+        SystemExit: the settings are refused; its message (printed by Python on
+            exit, with status 1) says which settings and why.
+    """
+    try:
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{setting_name(str(error['loc'][0])) + ': ' if error['loc'] else ''}"
+            f"{error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        raise SystemExit(f"Mailplane refuses to start: {reasons}") from None
 
 
 def role_name(service: str) -> str:

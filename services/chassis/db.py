@@ -8,16 +8,92 @@ migration tool) is used because the work is schema-and-role bootstrap that the
 well-kept tools do not do (create the service role, give it exactly its own
 schema) plus a loop over SQL files, and it keeps one driver (asyncpg) in the
 project; an advisory lock makes concurrent runs safe.
+
+A database that cannot be reached (the server down or restarting, the socket
+gone, a fail-over in progress) is not a bug: ``is_unreachable`` recognises it,
+and the chassis interceptor answers ``unavailable`` (DESIGN §3, §4) instead of
+``internal``. The pool recovers on its own: asyncpg replaces a closed connection
+when it is next acquired, and new connections are attempted a few times before
+giving up (``CONNECT_RETRY_DELAYS``), since no statement has been sent yet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from asyncpg.exceptions import TargetServerAttributeNotMatched
 
 from services.chassis.config import role_name
+from services.chassis.errors import MailplaneError
+from services.chassis.logs import get_logger
+
+_log = get_logger("mailplane.db")
+
+#: Pauses, in seconds, between the attempts to open one connection: three
+#: retries within about a second, so a switchover's blip is ridden out while a
+#: server that is down still answers ``unavailable`` promptly. Only the connect
+#: is retried: no statement has been sent on a connection not yet made.
+CONNECT_RETRY_DELAYS = (0.1, 0.25, 0.5)
+#: Seconds one connection attempt (every host of a multi-host DSN) may take;
+#: asyncpg's default of 60 s would hold a request far past its deadline.
+CONNECT_TIMEOUT_SECONDS = 2.0
+
+#: SQLSTATEs that mean the server cannot serve this connection now, though
+#: nothing is wrong with the request (PostgreSQL appendix A): 57P01
+#: admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now ("the database
+#: system is starting up / shutting down"), 53300 too_many_connections, and
+#: 25006 read_only_sql_transaction (a write reached a primary being demoted in a
+#: fail-over). Class 08 (connection exception) is matched by its prefix.
+_UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "25006"})
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Tells whether ``exc`` means the database could not be reached, rather than
+    a fault of the request or of the code.
+
+    True for: ``OSError`` (connection refused or reset, socket file gone, connect
+    timeout); asyncpg's ``TargetServerAttributeNotMatched`` (no host of a
+    multi-host DSN satisfies ``target_session_attrs``, e.g. mid fail-over); a
+    ``PostgresError`` of SQLSTATE class 08 (``ConnectionDoesNotExistError``: the
+    connection closed mid-operation) or one of ``_UNREACHABLE_SQLSTATES``; and the
+    ``InterfaceError`` asyncpg raises on a connection already closed.
+    """
+    if isinstance(exc, OSError | TargetServerAttributeNotMatched):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state.startswith("08") or state in _UNREACHABLE_SQLSTATES
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+
+
+def unavailable(service: str) -> MailplaneError:
+    """Returns the ``unavailable`` (503) error of ``service`` losing its database."""
+    return MailplaneError(
+        "unavailable",
+        f"The {service} service cannot reach its database right now; retry in a few seconds.",
+    )
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect`` retried after ``CONNECT_RETRY_DELAYS`` while the database
+    is unreachable (``is_unreachable``); any other failure is raised at once.
+
+    Raises:
+        The last attempt's exception.
+    """
+    for delay in CONNECT_RETRY_DELAYS:
+        try:
+            return await asyncpg.connect(*args, **kwargs)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            _log.debug("database_connect_retry", error=type(exc).__name__, delay_s=delay)
+        await asyncio.sleep(delay)
+    return await asyncpg.connect(*args, **kwargs)
 
 
 async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
@@ -37,10 +113,17 @@ async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
     asyncpg still rolls back a transaction left open on release. Code that
     needs session state must use its own connection (as ``migrate`` does).
 
+    New connections (at start, and to replace one the server closed) are made
+    by ``_connect``: a few quick attempts while the database is unreachable.
+
     Args:
         dsn: the service's own DSN (its role, not the administrator's).
         schema: the service's schema, e.g. ``pods``.
         size: the maximum number of connections.
+
+    Raises:
+        OSError, asyncpg.PostgresError: the database could not be reached (or
+            refused the role) at start.
     """
     pool = await asyncpg.create_pool(
         dsn,
@@ -48,6 +131,8 @@ async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
         max_size=size,
         server_settings={"search_path": schema, "application_name": f"mailplane-{schema}"},
         reset=_keep_session,
+        connect=_connect,
+        timeout=CONNECT_TIMEOUT_SECONDS,
     )
     assert pool is not None
     return pool

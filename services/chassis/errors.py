@@ -158,6 +158,9 @@ CODE_OF_BARE_STATUS: dict[str, Code] = {
     "UNAVAILABLE": "unavailable",
     "DEADLINE_EXCEEDED": "unavailable",
     "CANCELLED": "unavailable",
+    # gRPC's own size limits (a message or metadata too large): only a request
+    # past the bounds the edges check can reach them, so it is the caller's to fix.
+    "RESOURCE_EXHAUSTED": "invalid_argument",
 }
 
 

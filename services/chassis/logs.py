@@ -2,12 +2,16 @@
 
 JSON lines when stderr is not a TTY, a console renderer otherwise. Event names are
 constants and data travels in key/values (structlog's recommended practice).
+Records of the standard library's ``logging`` (uvicorn, asyncio, grpc), Python's
+warnings, and an exception nobody caught are rendered the same way (structlog's
+``ProcessorFormatter``), so a process's every line on stderr is one record.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import orjson
 import structlog
@@ -45,7 +49,33 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         ),
         cache_logger_on_first_use=False,  # so tests can capture every line
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    foreign = logging.StreamHandler(sys.stderr)
+    foreign.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer()
+                if json_lines
+                else structlog.dev.ConsoleRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [foreign]
+    root.setLevel(max(numeric, logging.WARNING))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    """``sys.excepthook``: an exception that ends the process, as one record."""
+    get_logger("mailplane").critical("uncaught_exception", exc_info=(kind, error, trace))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

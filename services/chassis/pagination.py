@@ -1,25 +1,33 @@
-"""Opaque keyset page tokens (AIP-158) and page-size rules (DESIGN §4).
+"""Opaque, authenticated keyset page tokens (AIP-158) and page-size rules (DESIGN §4).
 
-A token is the URL-safe base64 of a JSON list: the sort key of the last row of
-the previous page, preceded by a tag of the list it belongs to, so a token from
-one listing is refused by another. Keyset pagination stays stable when rows are
+A token is ``<payload>.<mac>``: the URL-safe base64 of a JSON list, the sort key of
+the last row of the previous page, and a truncated HMAC-SHA-256 (128 bits,
+RFC 2104) under the server's ``MAILPLANE_PAGE_TOKEN_KEY`` of the account, the
+listing (the list and its filters, e.g. ``inboxes:<pod>:<domain>``) and the
+payload. So a token is accepted only by the account and listing it was given for,
+and its values are only ever ones the server wrote: a crafted, tampered or
+swapped token is ``invalid_argument`` naming ``pageToken``, never a query with
+values of the wrong types. Keyset pagination stays stable when rows are
 inserted between pages.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from services.chassis.errors import invalid_argument
+from services.chassis.errors import MailplaneError, invalid_argument
 
 T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+#: Bytes of the HMAC kept in a token (128 bits).
+MAC_BYTES = 16
 
 
 def page_size(requested: int) -> int:
@@ -35,36 +43,65 @@ def page_size(requested: int) -> int:
     return requested
 
 
-def encode(listing: str, key: Sequence[Any]) -> str:
-    """Returns the token that resumes ``listing`` after the row whose sort key is ``key``.
-
-    Args:
-        listing: a tag naming the list and its filters, e.g. ``"pods"``.
-        key: JSON-serialisable sort-key values of the last row served.
-    """
-    raw = json.dumps([listing, *key], separators=(",", ":")).encode()
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode(listing: str, token: str) -> list[Any] | None:
-    """Returns the sort key inside ``token``, or ``None`` for an empty token.
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
-    Raises:
-        MailplaneError: ``invalid_argument`` naming ``pageToken`` when the token
-            is malformed or belongs to another listing.
+
+def _bad_token() -> MailplaneError:
+    return invalid_argument(
+        "pageToken", "is not a token this listing gave; omit it to start from the first page."
+    )
+
+
+class PageTokens:
+    """Makes and checks the page tokens of one service.
+
+    Args:
+        key: the HMAC key (``MAILPLANE_PAGE_TOKEN_KEY``, UTF-8 encoded); every
+            process of a deployment must share it, and changing it invalidates
+            the tokens in flight (a client then starts from the first page).
     """
-    if not token:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        values = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        values = None
-    if not isinstance(values, list) or not values or values[0] != listing:
-        raise invalid_argument(
-            "pageToken", "is not a token this listing gave; omit it to start from the first page."
-        )
-    return values[1:]
+
+    def __init__(self, key: bytes):
+        self._key = key
+
+    def _mac(self, account_id: str, listing: str, payload: str) -> bytes:
+        message = "\x00".join((account_id, listing, payload)).encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()[:MAC_BYTES]
+
+    def encode(self, account_id: str, listing: str, key: Sequence[Any]) -> str:
+        """Returns the token that resumes ``listing`` after the row whose sort key is ``key``.
+
+        Args:
+            account_id: the account the listing belongs to.
+            listing: a tag naming the list and its filters, e.g. ``"pods"``.
+            key: JSON-serialisable sort-key values of the last row served.
+        """
+        payload = _b64(json.dumps(list(key), separators=(",", ":")).encode())
+        return f"{payload}.{_b64(self._mac(account_id, listing, payload))}"
+
+    def decode(self, account_id: str, listing: str, token: str) -> list[Any] | None:
+        """Returns the sort key inside ``token``, or ``None`` for an empty token.
+
+        Raises:
+            MailplaneError: ``invalid_argument`` naming ``pageToken`` when the token
+                is malformed, altered, or was given to another account or listing.
+        """
+        if not token:
+            return None
+        payload, _, mac = token.partition(".")
+        try:
+            valid = hmac.compare_digest(_unb64(mac), self._mac(account_id, listing, payload))
+            values = json.loads(_unb64(payload)) if valid else None
+        except ValueError:  # binascii.Error and UnicodeDecodeError among them
+            values = None
+        if not isinstance(values, list) or not values:
+            raise _bad_token()
+        return values
 
 
 @dataclass(frozen=True)

@@ -5,27 +5,31 @@ The interceptor wraps every unary method except health and reflection. For each
 RPC it reads the caller's credentials from metadata, checks them against the
 method's row of the service's authorization table (``auth.Access``; a method
 without a row is refused), sets the principal that servicers read with
-``auth.current()``, turns a ``MailplaneError`` into a
-status with ``google.rpc.ErrorInfo`` (AIP-193), turns anything unexpected into
+``auth.current()``, checks the request's fields (``services.chassis.inputs``: no
+NUL, bounded strings and lists, timestamps in range; bytes that are not the
+request message are ``INVALID_ARGUMENT`` too), turns a ``MailplaneError`` into a
+status with ``google.rpc.ErrorInfo`` (AIP-193), its message and details bounded
+so the trailers stay small, a database that cannot be reached
+(``db.is_unreachable``) into ``unavailable``, anything unexpected into
 ``INTERNAL`` without leaking it, and logs one canonical line: method, code,
-duration_ms, account_id, request_id.
+duration_ms, account_id, request_id (the caller's only when well formed).
 """
 
 from __future__ import annotations
 
 import contextvars
 import hmac
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.chassis import auth
+from services.chassis import auth, db, inputs
 from services.chassis.errors import (
     CATALOG,
     CODE_OF_BARE_STATUS,
@@ -48,17 +52,26 @@ _request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
 
 
 def to_status(error: MailplaneError) -> grpc.Status:
-    """Returns the gRPC status of a catalog error, with its ErrorInfo attached."""
+    """Returns the gRPC status of a catalog error, with its ErrorInfo attached.
+
+    The message is cut to ``inputs.MAX_MESSAGE`` characters and each detail to
+    ``inputs.MAX_DETAIL``: they travel twice in the trailers (``grpc-message`` and
+    ``grpc-status-details-bin``), which a peer refuses past its metadata limit.
+    """
     grpc_code = grpc.StatusCode[error.entry.grpc_code]
     info = error_details_pb2.ErrorInfo(
         reason=error.code.upper(),
         domain=ERROR_DOMAIN,
-        metadata={k: str(v) for k, v in (error.details or {}).items()},
+        metadata={
+            k: inputs.bounded(str(v), inputs.MAX_DETAIL) for k, v in (error.details or {}).items()
+        },
     )
     detail = any_pb2.Any()
     detail.Pack(info)
     proto = status_pb2.Status(
-        code=getattr(code_pb2, grpc_code.name), message=error.message, details=[detail]
+        code=getattr(code_pb2, grpc_code.name),
+        message=inputs.bounded(error.message, inputs.MAX_MESSAGE),
+        details=[detail],
     )
     return rpc_status.to_status(proto)
 
@@ -69,9 +82,14 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> MailplaneError:
     A status carrying Mailplane's ErrorInfo maps back to its code, message and
     details; a bare status (a peer down, a deadline passed) maps by its code,
     ``UNAVAILABLE``/``DEADLINE_EXCEEDED`` to ``unavailable``, and anything else to
-    ``internal``.
+    ``internal``; ``RESOURCE_EXHAUSTED`` (gRPC's own size limits) to
+    ``invalid_argument``. A status whose details disagree with its code (gRPC cut
+    the trailers and answered its own code) counts as bare.
     """
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:  # "Code in Status proto … doesn't match status code"
+        status = None
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -101,6 +119,28 @@ def forwarded_metadata() -> tuple[tuple[str, str], ...]:
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the interceptor can
+    answer INVALID_ARGUMENT (grpc.aio itself answers UNKNOWN)."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Returns ``deserialize`` answering ``_UNDECODABLE`` instead of raising DecodeError."""
+    if deserialize is None:
+        return None
+
+    def run(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return run
 
 
 class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -154,13 +194,17 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             metadata = {
                 k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
             }
-            request_id = metadata.get("x-request-id") or secrets.token_hex(16)
+            request_id = inputs.request_id(metadata.get("x-request-id"))
             outcome, account_id = "OK", None
             tokens: list[Any] = [_request_id.set(request_id)]
             try:
                 principal = await self._principal(metadata)
                 account_id = principal.account_id if principal else None
+                if request is _UNDECODABLE:
+                    raise inputs.undecodable()
                 auth.authorize(access, principal, request)
+                if isinstance(request, Message):  # not a raw-bytes handler
+                    inputs.check_request(request)
                 tokens.append(_forwarded.set(self._to_forward(metadata)))
                 principal_token = auth.set_principal(principal)
                 try:
@@ -173,16 +217,22 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except grpc.aio.AbortError:
                 outcome = "ABORTED_BY_HANDLER"
                 raise
-            except Exception:
-                outcome = "INTERNAL"
-                _log.exception("rpc_failed", method=method, request_id=request_id)
-                await context.abort_with_status(
-                    to_status(
-                        MailplaneError(
-                            "internal", "An internal error occurred; it has been logged."
-                        )
+            except Exception as exc:
+                if db.is_unreachable(exc):  # an outage, not a bug: 503, no stack trace
+                    outcome, failure = "UNAVAILABLE", db.unavailable(self._service)
+                    _log.warning(
+                        "database_unreachable",
+                        method=method,
+                        request_id=request_id,
+                        error=type(exc).__name__,
                     )
-                )
+                else:
+                    outcome = "INTERNAL"
+                    failure = MailplaneError(
+                        "internal", "An internal error occurred; it has been logged."
+                    )
+                    _log.exception("rpc_failed", method=method, request_id=request_id)
+                await context.abort_with_status(to_status(failure))
             finally:
                 _log.info(
                     "rpc",
@@ -198,7 +248,7 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

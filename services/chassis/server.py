@@ -22,7 +22,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.chassis import db, logs
+from services.chassis import config, db, logs
 from services.chassis.auth import Access, KeyCache, Principal
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
@@ -131,7 +131,7 @@ class GrpcService:
         while True:
             try:
                 ok = await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 2.0) == 1
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # whatever the failure (db.is_unreachable or not): not serving
                 ok = False
             if ok != serving:
                 serving = ok
@@ -144,8 +144,11 @@ class GrpcService:
         while True:
             try:
                 await self._sweep()
-            except Exception:
-                _log.exception("sweep_failed", service=self.name)
+            except Exception as exc:
+                if db.is_unreachable(exc):  # an outage: the next sweep catches up
+                    _log.warning("sweep_skipped", service=self.name, error=type(exc).__name__)
+                else:
+                    _log.exception("sweep_failed", service=self.name)
             await asyncio.sleep(self._sweep_interval)
 
 
@@ -240,7 +243,7 @@ def service_main(
     others = dict(processes or {})
     parser.add_argument("command", choices=["serve", "migrate", *others])
     command = parser.parse_args().command
-    settings = Settings()
+    settings = config.from_environment()
     logs.configure(settings.log_level, settings.log_format)
 
     async def serve() -> None:

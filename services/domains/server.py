@@ -10,6 +10,7 @@ from mailplane.domains.v1 import domains_pb2_grpc
 from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.directory import AddressDirectory
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -71,6 +72,7 @@ async def build(settings: Settings) -> DomainsProcess:
             settings.peer_deadline_seconds,
             settings.internal_token.get_secret_value(),
         ),
+        page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
     )
 
     async def sweep() -> None:

@@ -22,6 +22,7 @@ from cryptography.fernet import Fernet
 from services.chassis import ids, pagination
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import PodRef, PodsClient
 from services.chassis.plans import PLAN_LIMITS
 from services.domains import records
@@ -102,9 +103,12 @@ class DomainService:
         user_counters: Sequence[DomainUserCounter] = (),
         reception_listeners: Sequence[ReceptionListener] = (),
         routes: DomainRoutes | None = None,
+        *,
+        page_tokens: PageTokens,
     ):
         self._routes = routes
         self._store = store
+        self._page_tokens = page_tokens
         self._pods = pods
         self._dns = dns
         self._cipher = cipher
@@ -210,11 +214,13 @@ class DomainService:
             account_id,
             pod_id,
             status,
-            pagination.decode(listing, token),
+            self._page_tokens.decode(account_id, listing, token),
             pagination.page_size(size),
             usable_by_pod,
         )
-        next_token = pagination.encode(listing, page.next_key) if page.next_key else ""
+        next_token = (
+            self._page_tokens.encode(account_id, listing, page.next_key) if page.next_key else ""
+        )
         return page.items, next_token
 
     async def rescope(self, account_id: str, ref: str, pod_ref: str | None) -> Domain:

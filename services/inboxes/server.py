@@ -9,6 +9,7 @@ from mailplane.inboxes.v1 import inboxes_pb2_grpc
 from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.directory import AddressDirectory
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import DomainsClient, PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -52,6 +53,7 @@ async def build(settings: Settings) -> InboxesProcess:
         ),
         CredentialHasher(settings.credential_hash_key.get_secret_value().encode()),
         AddressDirectory(messages_channel, deadline, settings.internal_token.get_secret_value()),
+        page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
     )
 
     async def sweep() -> None:

@@ -35,6 +35,7 @@ from services.chassis.addresses import domain_key
 from services.chassis.directory import AddressDirectory, AddressHeld, Claim
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import AccountStanding, DomainsClient, PodRef, PodsClient
 from services.chassis.plans import PLAN_LIMITS
 from services.inboxes import addresses, credentials
@@ -104,9 +105,12 @@ class InboxService:
         config: InboxSettings,
         hasher: CredentialHasher,
         directory: AddressDirectory,
+        *,
+        page_tokens: PageTokens,
     ):
         self._directory = directory
         self._store = store
+        self._page_tokens = page_tokens
         self._pods = pods
         self._domains = domains
         self._config = config
@@ -350,10 +354,12 @@ class InboxService:
             account_id,
             pod_id,
             domain_name,
-            pagination.decode(listing, token),
+            self._page_tokens.decode(account_id, listing, token),
             pagination.page_size(size),
         )
-        next_token = pagination.encode(listing, page.next_key) if page.next_key else ""
+        next_token = (
+            self._page_tokens.encode(account_id, listing, page.next_key) if page.next_key else ""
+        )
         return page.items, next_token
 
     async def update_display_name(

@@ -39,6 +39,7 @@ from services.chassis.directory import (
 )
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import DomainsClient, PodRef, PodsClient
 from services.chassis.plans import PLAN_LIMITS
 from services.mailboxes.models import (
@@ -99,9 +100,12 @@ class MailboxService:
         domains: DomainsClient,
         shared_domain: str,
         directory: AddressDirectory,
+        *,
+        page_tokens: PageTokens,
     ):
         self._directory = directory
         self._store = store
+        self._page_tokens = page_tokens
         self._pods = pods
         self._domains = domains
         self._shared_domain = shared_domain
@@ -264,9 +268,14 @@ class MailboxService:
         pod_id = (await self._pods.get_pod(pod_ref)).id if pod_ref else None
         listing = f"mailboxes:{pod_id or ''}"
         page = await self._store.list_mailboxes(
-            account_id, pod_id, pagination.decode(listing, token), pagination.page_size(size)
+            account_id,
+            pod_id,
+            self._page_tokens.decode(account_id, listing, token),
+            pagination.page_size(size),
         )
-        next_token = pagination.encode(listing, page.next_key) if page.next_key else ""
+        next_token = (
+            self._page_tokens.encode(account_id, listing, page.next_key) if page.next_key else ""
+        )
         return page.items, next_token
 
     async def update(self, account_id: str, mailbox_id: str, changes: dict[str, Any]) -> Mailbox:

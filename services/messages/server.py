@@ -16,6 +16,7 @@ from mailplane.messages.v1 import (
 
 from services.chassis import db
 from services.chassis.config import Settings
+from services.chassis.pagination import PageTokens
 from services.chassis.peers import PodsClient
 from services.chassis.rpc import open_channel
 from services.chassis.server import ServiceProcess, Servicer, keyed_service
@@ -62,7 +63,8 @@ async def build(settings: Settings) -> MessagesProcess:
         return (await pods.get_pod(ref)).id
 
     store = MailStore(pool)
-    service = MailService(store, resolve_pod)
+    tokens = PageTokens(settings.page_token_key.get_secret_value().encode())
+    service = MailService(store, resolve_pod, page_tokens=tokens)
     inboxes_channel = open_channel(settings.inboxes_addr)
     mailboxes_channel = open_channel(settings.mailboxes_addr)
     internal_token = settings.internal_token.get_secret_value()
@@ -82,7 +84,13 @@ async def build(settings: Settings) -> MessagesProcess:
     # Test deliveries only (one at a time per call); the worker delivers events.
     sender = Sender(box, settings.webhook_timeout_seconds, settings.webhook_allow_private, 16)
     webhooks = WebhookService(
-        WebhookStore(pool), store, resolve_pod, box, sender, settings.webhook_allow_private
+        WebhookStore(pool),
+        store,
+        resolve_pod,
+        box,
+        sender,
+        settings.webhook_allow_private,
+        page_tokens=tokens,
     )
 
     async def sweep() -> None:

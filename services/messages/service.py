@@ -15,6 +15,7 @@ from datetime import datetime
 
 from services.chassis import pagination
 from services.chassis.errors import MailplaneError, invalid_argument
+from services.chassis.pagination import PageTokens
 from services.messages.models import HIDDEN, SYSTEM_LABELS, USER_SETTABLE, Message, Thread
 from services.messages.store import MailStore, Reach
 
@@ -110,11 +111,13 @@ class MailService:
         store: the messages schema.
         resolve_pod: turns a pod ID or clientId into the pod's ID; raises
             ``pod_not_found``.
+        page_tokens: signs and checks page tokens.
     """
 
-    def __init__(self, store: MailStore, resolve_pod: PodResolver):
+    def __init__(self, store: MailStore, resolve_pod: PodResolver, *, page_tokens: PageTokens):
         self._store = store
         self._resolve_pod = resolve_pod
+        self._tokens = page_tokens
 
     async def _listing_reach(self, account_id: str, reach: Reach, scope: Scope) -> Reach:
         """The caller's reach narrowed to ``scope``.
@@ -174,10 +177,12 @@ class MailService:
             _hidden(include_spam, include_trash, labels),
             before,
             after,
-            pagination.decode(listing, token),
+            self._tokens.decode(account_id, listing, token),
             limit,
         )
-        return page.items, pagination.encode(listing, page.next_key) if page.next_key else ""
+        return page.items, self._tokens.encode(
+            account_id, listing, page.next_key
+        ) if page.next_key else ""
 
     async def get_message(self, account_id: str, reach: Reach, message_id: str) -> Message:
         """A message with bodies. Raises ``message_not_found``."""
@@ -256,10 +261,12 @@ class MailService:
             _labels(labels),
             _hidden(include_spam, include_trash, labels),
             folder_id,
-            pagination.decode(listing, token),
+            self._tokens.decode(account_id, listing, token),
             limit,
         )
-        return page.items, pagination.encode(listing, page.next_key) if page.next_key else ""
+        return page.items, self._tokens.encode(
+            account_id, listing, page.next_key
+        ) if page.next_key else ""
 
     async def get_thread(
         self, account_id: str, reach: Reach, thread_id: str, with_messages: bool = True

@@ -35,7 +35,7 @@ import orjson
 
 from services.chassis import ids, pagination
 from services.chassis.errors import MailplaneError, invalid_argument
-from services.chassis.pagination import Page, page_of
+from services.chassis.pagination import Page, PageTokens, page_of
 from services.messages.dispatch import SecretBox, Sender, ip_literal, is_public
 from services.messages.event_log import TEST_EVENT_TYPE, Event, Position
 from services.messages.events import check_event_types, owner_not_found
@@ -365,6 +365,7 @@ class WebhookService:
         sender: makes test deliveries.
         allow_private: whether loopback and private targets are allowed.
         resolve: resolves a URL's host (tests may replace it).
+        page_tokens: signs and checks page tokens.
     """
 
     def __init__(
@@ -376,7 +377,10 @@ class WebhookService:
         sender: Sender,
         allow_private: bool,
         resolve: HostResolver = resolve_host,
+        *,
+        page_tokens: PageTokens,
     ):
+        self._tokens = page_tokens
         self._store = store
         self._mail = mail
         self._resolve_pod = resolve_pod
@@ -507,9 +511,9 @@ class WebhookService:
         """
         limit = pagination.page_size(page_size)
         page = await self._store.page(
-            account_id, reach, pagination.decode("webhooks", page_token), limit
+            account_id, reach, self._tokens.decode(account_id, "webhooks", page_token), limit
         )
-        token = pagination.encode("webhooks", page.next_key) if page.next_key else ""
+        token = self._tokens.encode(account_id, "webhooks", page.next_key) if page.next_key else ""
         return page.items, token
 
     async def update(
@@ -587,9 +591,9 @@ class WebhookService:
         limit = pagination.page_size(page_size)
         listing = f"deliveries:{webhook_id}"
         page = await self._store.deliveries(
-            webhook_id, pagination.decode(listing, page_token), limit
+            webhook_id, self._tokens.decode(account_id, listing, page_token), limit
         )
-        token = pagination.encode(listing, page.next_key) if page.next_key else ""
+        token = self._tokens.encode(account_id, listing, page.next_key) if page.next_key else ""
         return page.items, token
 
     async def test(self, account_id: str, reach: Reach, webhook_id: str) -> Delivery:

@@ -9,6 +9,7 @@ from mailplane.pods.v1 import pods_pb2_grpc
 from services.chassis import db
 from services.chassis.auth import KeyCache
 from services.chassis.config import Settings
+from services.chassis.pagination import PageTokens
 from services.chassis.rpc import open_channel
 from services.chassis.server import GrpcService, ServiceProcess, Servicer
 from services.pods.api import (
@@ -61,6 +62,7 @@ async def build(settings: Settings) -> PodsProcess:
             DomainsCounter(domains_channel, deadline, internal_token),
         ),
         scope_check=ScopeResources(inboxes_channel, mailboxes_channel, deadline),
+        page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
     )
     keys = KeyCache(service.authenticate, ttl_seconds=min(settings.auth_cache_seconds, 5.0))
     servicers = [

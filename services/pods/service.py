@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from services.chassis import auth, ids, pagination
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
-from services.chassis.pagination import Page
+from services.chassis.pagination import Page, PageTokens
 from services.chassis.plans import PLANS
 from services.pods.models import (
     ACCOUNT_STATES,
@@ -95,8 +95,11 @@ class PodService:
         store: PodStore,
         child_counters: Sequence[ChildCounter] = (),
         scope_check: ScopeCheck | None = None,
+        *,
+        page_tokens: PageTokens,
     ):
         self._store = store
+        self._page_tokens = page_tokens
         self._child_counters = tuple(child_counters)
         self._scope_check_fn = scope_check
         self._used_keys: set[str] = set()
@@ -191,10 +194,12 @@ class PodService:
         Raises:
             MailplaneError: ``invalid_argument`` for a bad size or token.
         """
+        tokens = self._page_tokens
         page: Page[Pod] = await self._store.list_pods(
-            account_id, pagination.decode("pods", token), pagination.page_size(size)
+            account_id, tokens.decode(account_id, "pods", token), pagination.page_size(size)
         )
-        return page.items, pagination.encode("pods", page.next_key) if page.next_key else ""
+        next_token = tokens.encode(account_id, "pods", page.next_key) if page.next_key else ""
+        return page.items, next_token
 
     async def update_pod(
         self,
@@ -369,10 +374,12 @@ class PodService:
         self, account_id: str, size: int, token: str
     ) -> tuple[list[ApiKey], str]:
         """Returns a page of the account's keys, oldest first, and the next token."""
+        tokens = self._page_tokens
         page = await self._store.list_api_keys(
-            account_id, pagination.decode("api_keys", token), pagination.page_size(size)
+            account_id, tokens.decode(account_id, "api_keys", token), pagination.page_size(size)
         )
-        return page.items, pagination.encode("api_keys", page.next_key) if page.next_key else ""
+        next_token = tokens.encode(account_id, "api_keys", page.next_key) if page.next_key else ""
+        return page.items, next_token
 
     async def delete_api_key(self, account_id: str, key_id: str) -> str:
         """Deletes a key of the account. Raises ``api_key_not_found``."""

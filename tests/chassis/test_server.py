@@ -4,6 +4,7 @@ unexpected failures become INTERNAL without leaking what went wrong."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,7 +16,7 @@ from services.chassis import auth, db
 from services.chassis.config import Settings
 from services.chassis.errors import MailplaneError
 from services.chassis.rpc import ChassisInterceptor, from_rpc_error
-from services.chassis.server import GrpcService
+from services.chassis.server import GrpcService, Servicer
 from services.pods.server import PodsProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -174,5 +175,133 @@ async def test_a_pooled_query_is_one_statement_and_release_keeps_no_transaction(
         async with pool.acquire() as conn:
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SHOW search_path") == "pods"
+    finally:
+        await pool.close()
+
+
+class Proxy:
+    """A TCP proxy to the test PostgreSQL (its unix socket) that a test can cut:
+    the database becomes unreachable to whoever connects through it, as when
+    the server stops, without stopping the server the other tests share."""
+
+    def __init__(self, socket_path: str):
+        self._socket_path = socket_path
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self.port = 0
+        #: How many of the next connections are closed at once, as a server that
+        #: is starting up or failing over does.
+        self.refuse_next = 0
+        self.accepted = 0
+
+    async def start(self) -> None:
+        """Listens (again, on the same port once it has one)."""
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Stops listening and closes every connection through it."""
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._links):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _link(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            client_w.transport.abort()
+            return
+        server_r, server_w = await asyncio.open_unix_connection(self._socket_path)
+        self._links |= {client_w, server_w}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+                self._links.discard(dst)
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+
+
+@pytest_asyncio.fixture
+async def proxied(pods: PodsProcess, settings: Settings) -> AsyncIterator[tuple[Proxy, str]]:
+    """A proxy to the test database and the pods service's DSN through it."""
+    from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+    dsn = settings.service_dsn("pods")
+    parts = urlsplit(dsn)
+    socket_dir = parse_qs(parts.query)["host"][0]
+    proxy = Proxy(f"{socket_dir}/.s.PGSQL.5432")
+    await proxy.start()
+    credentials = parts.netloc.rsplit("@", 1)[0]
+    yield (
+        proxy,
+        urlunsplit((parts.scheme, f"{credentials}@127.0.0.1:{proxy.port}", parts.path, "", "")),
+    )
+    await proxy.cut()
+
+
+async def test_an_unreachable_database_answers_unavailable_and_the_pool_recovers(
+    proxied: tuple[Proxy, str],
+) -> None:
+    proxy, dsn = proxied
+    pool = await db.create_pool(dsn, "pods", 2)
+
+    async def query(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return str(await pool.fetchval("SELECT 1")).encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Probe", {"Query": grpc.unary_unary_rpc_method_handler(query)}
+    )
+    probe = Servicer(
+        lambda _, server: server.add_generic_rpc_handlers([handler]),
+        None,
+        "test.Probe",
+        {"Query": auth.OPERATOR_ONLY},
+    )
+    service = GrpcService(
+        name="probe", pool=pool, servicers=[probe], authenticate=never, internal_token="t"
+    )
+    port = await service.start("127.0.0.1", 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            operator = ((auth.INTERNAL_TOKEN_METADATA, "t"),)
+            call = functools.partial(channel.unary_unary("/test.Probe/Query"), metadata=operator)
+            assert await call(b"") == b"1"
+            await wait_for_status(channel, SERVING)
+
+            await proxy.cut()  # the database goes away: refused, connections gone
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(b"")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert from_rpc_error(err.value).code == "unavailable"
+            await wait_for_status(channel, NOT_SERVING)
+
+            await proxy.start()  # back: the same pool reconnects, no restart
+            await wait_for_status(channel, SERVING)
+            assert await call(b"") == b"1"
+    finally:
+        await service.stop(0.1)
+        await pool.close()
+
+
+async def test_a_connection_refused_while_the_database_starts_is_retried(
+    proxied: tuple[Proxy, str],
+) -> None:
+    proxy, dsn = proxied
+    pool = await db.create_pool(dsn, "pods", 1)
+    try:
+        await pool.expire_connections()  # the next acquire connects anew
+        before = proxy.accepted
+        proxy.refuse_next = len(db.CONNECT_RETRY_DELAYS)  # every attempt but the last
+        assert await pool.fetchval("SELECT 1") == 1
+        assert proxy.accepted - before == len(db.CONNECT_RETRY_DELAYS) + 1
     finally:
         await pool.close()

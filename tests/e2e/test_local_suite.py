@@ -47,6 +47,8 @@ class Suite:
         )
         self.process: subprocess.Popen[str] | None = None
         self.banner = ""
+        #: Where the launcher's stderr (every process's log lines) goes.
+        self.stderr: int = subprocess.DEVNULL
 
     @property
     def url(self) -> str:
@@ -58,7 +60,7 @@ class Suite:
             cwd=REPO_ROOT,
             env=self.env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.stderr,
             text=True,
         )
         assert self.process.stdout is not None

@@ -17,6 +17,7 @@ from standardwebhooks import Webhook as Verifier
 
 from services.chassis.config import Settings
 from services.chassis.errors import MailplaneError
+from services.chassis.pagination import PageTokens
 from services.messages.dispatch import SecretBox, Sender
 from services.messages.event_log import Event, Position
 from services.messages.store import MailStore, Reach
@@ -359,7 +360,14 @@ async def test_private_targets_are_refused_unless_allowed(
 
     pool = services.messages.pool
     strict = WebhookService(
-        WebhookStore(pool), MailStore(pool), no_pods, box, sender, False, resolve
+        WebhookStore(pool),
+        MailStore(pool),
+        no_pods,
+        box,
+        sender,
+        False,
+        resolve,
+        page_tokens=PageTokens(b"k" * 32),
     )
     for url in (
         "http://127.0.0.1:8080/hooks",

@@ -8,6 +8,7 @@ import pytest
 
 from services.chassis import auth
 from services.chassis.errors import MailplaneError
+from services.chassis.pagination import PageTokens
 from services.pods.server import PodsProcess
 from services.pods.service import PodService
 from services.pods.store import PodStore
@@ -17,7 +18,7 @@ from services.pods.store import PodStore
 def service(pods: PodsProcess) -> PodService:
     """The pods rules on the real store, with no child services: tests give the
     child counters they need (the live ones are exercised through REST)."""
-    return PodService(PodStore(pods.pool), ())
+    return PodService(PodStore(pods.pool), (), page_tokens=PageTokens(b"test-page-token-key"))
 
 
 async def new_account(service: PodService, plan: str = "trial") -> str:
@@ -135,7 +136,7 @@ async def test_delete_empty_pod_by_client_id(service: PodService) -> None:
 
 def counting(service: PodService, *counters) -> PodService:  # type: ignore[no-untyped-def]
     """A PodService on the same store with these child counters."""
-    return PodService(service._store, counters)
+    return PodService(service._store, counters, page_tokens=PageTokens(b"test-page-token-key"))
 
 
 async def test_delete_pod_with_children_answers_pod_not_empty_and_keeps_it(
