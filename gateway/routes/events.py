@@ -69,7 +69,9 @@ _HOOK_ERRORS: tuple[Code, ...] = ("pod_not_found", "inbox_not_found", "mailbox_n
 
 
 def _wait(request: Any) -> float:
-    return float(request.wait_seconds)
+    # Only a wait the service accepts (0-30 s) extends the deadline; the service
+    # answers any other with 400 naming `wait`.
+    return float(min(max(request.wait_seconds, 0), 30))
 
 
 def _test_delivery(_request: Any) -> float:

@@ -23,6 +23,7 @@ PRODUCTION_SECRETS = {
     "dkim_encryption_key": Fernet.generate_key().decode(),
     "credential_hash_key": secrets.token_urlsafe(32),
     "page_token_key": secrets.token_urlsafe(32),  # issue 11's signed page tokens
+    "webhook_secret_key": Fernet.generate_key().decode(),
 }
 REQUIRED = [name for name in secret_settings() if name not in OPTIONAL_SECRETS]
 

@@ -200,3 +200,15 @@ async def test_wait_returns_as_soon_as_an_event_commits(
         assert during["data"]["message"]["subject"] == "During"
         assert answer["next"] == during["id"]
         assert at - committed < 2.0, "the long-poll answered late"
+
+
+async def test_a_wait_out_of_range_is_a_400_naming_it(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    for wait in ("-5", "31", "-2147483647"):
+        body = assert_error(
+            await http.get(f"/v1/events?wait={wait}", headers=tenant.headers),
+            400,
+            "invalid_argument",
+        )
+        assert body["details"]["field"] == "wait", body
