@@ -4,14 +4,19 @@ over real HTTP, by a reflection-only gRPC client (no .proto files) and by
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import queue
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import grpc
@@ -21,6 +26,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from standardwebhooks import Webhook
 
 from tests.conftest import REPO_ROOT, Zone, free_port
 
@@ -34,6 +40,7 @@ class Suite:
         self.state = state
         self.pods_port = free_port()
         self.gateway_port = free_port()
+        self.smtp_port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPLANE_")}
         self.env.update(
             MAILPLANE_STATE_DIR=str(state),
@@ -41,6 +48,8 @@ class Suite:
             MAILPLANE_INBOXES_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_DOMAINS_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_MAILBOXES_ADDR=f"127.0.0.1:{free_port()}",
+            MAILPLANE_MESSAGES_ADDR=f"127.0.0.1:{free_port()}",
+            MAILPLANE_SMTP_INBOUND_ADDR=f"127.0.0.1:{self.smtp_port}",
             MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
             MAILPLANE_LOG_FORMAT="json",
             MAILPLANE_DNS_NAMESERVERS=f"127.0.0.1:{dns_port}",
@@ -239,11 +248,75 @@ def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zon
     assert billing["plan"] == "growth" and billing["mailboxes"] == {"used": 1, "limit": 10}
     assert billing["inboxes"]["used"] == 3 and billing["domains"]["used"] == 1
 
+    mail_arrives_and_is_announced(suite, headers)
+
     assert suite.interrupt() == 0
     assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
+    assert not port_open(suite.smtp_port)
     assert not (suite.state / "pgdata" / "postmaster.pid").exists()
 
     suite.start()  # again: the data and the key are kept
     assert (suite.state / "dev-api-key").read_text().strip() == key
     again = httpx.get(f"{suite.url}/v1/pods/acme", headers=headers)
     assert again.status_code == 200 and again.json()["id"] == pod_id
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver: keeps each delivery's headers and body."""
+
+    received: queue.Queue[tuple[dict[str, str], bytes]] = queue.Queue()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.put(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def mail_arrives_and_is_announced(suite: Suite, headers: dict[str, str]) -> None:
+    """DESIGN §7: a message sent with a real SMTP client to an inbox's address is
+    listed, threaded, raises message.received on /v1/events and on a signed webhook."""
+    receiver = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        hook = httpx.post(
+            f"{suite.url}/v1/webhooks",
+            json={
+                "url": f"http://127.0.0.1:{receiver.server_port}/hooks",
+                "eventTypes": ["message.received", "message.received.unauthenticated"],
+            },
+            headers=headers,
+        )
+        assert hook.status_code == 201, hook.text
+        inbox = httpx.post(
+            f"{suite.url}/v1/inboxes", json={"username": "agent"}, headers=headers
+        ).json()
+        mail = EmailMessage()
+        mail["From"] = "Ada <ada@example.com>"
+        mail["To"] = inbox["email"]
+        mail["Subject"] = "Your code is 123456"
+        mail.set_content("Use 123456 to sign in.")
+        with smtplib.SMTP("127.0.0.1", suite.smtp_port, timeout=10) as smtp:
+            smtp.send_message(mail)
+        listing = f"{suite.url}/v1/inboxes/{inbox['id']}/messages"
+        deadline = time.monotonic() + 30
+        messages: list[dict[str, object]] = []
+        while not messages and time.monotonic() < deadline:
+            messages = httpx.get(listing, headers=headers).json()["messages"]
+            time.sleep(0.1)
+        assert [m["subject"] for m in messages] == ["Your code is 123456"]
+        thread = httpx.get(f"{suite.url}/v1/threads/{messages[0]['threadId']}", headers=headers)
+        assert thread.json()["messages"][0]["text"].strip() == "Use 123456 to sign in."
+        events = httpx.get(
+            f"{suite.url}/v1/events", params={"inboxId": inbox["id"]}, headers=headers
+        ).json()["events"]
+        assert [e["type"] for e in events] == ["message.received.unauthenticated"]
+        sent_headers, body = _Receiver.received.get(timeout=30)
+        Webhook(hook.json()["secret"]).verify(body, sent_headers)  # raises if not signed
+        assert sent_headers["webhook-id"] == events[0]["id"]
+        assert json.loads(body)["data"]["message"]["subject"] == "Your code is 123456"
+    finally:
+        receiver.shutdown()
