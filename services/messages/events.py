@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from services.chassis import pagination
-from services.chassis.errors import MailplaneError, invalid_argument
+from services.chassis.errors import invalid_argument
 from services.messages.event_log import EVENT_TYPES, START, Event, EventListener, EventLog
+from services.messages.service import Scope, narrow_reach
 from services.messages.store import MailStore, Reach
 
 #: The longest long-poll, in seconds.
@@ -48,17 +49,6 @@ def check_event_types(field: str, types: Sequence[str]) -> list[str]:
                 field, f"has {name[:64]!r}, not an event type; use one of {', '.join(EVENT_TYPES)}."
             )
     return list(dict.fromkeys(types))
-
-
-def owner_not_found(noun: str, owner_id: str) -> MailplaneError:
-    """``inbox_not_found`` or ``mailbox_not_found`` (``noun``) for a filter's ID."""
-    if noun == "inbox":
-        return MailplaneError(
-            "inbox_not_found", f"No inbox {owner_id[:64]!r} in this account; list inboxes."
-        )
-    return MailplaneError(
-        "mailbox_not_found", f"No mailbox {owner_id[:64]!r} in this account; list mailboxes."
-    )
 
 
 @dataclass(frozen=True)
@@ -100,34 +90,10 @@ class EventService:
         self._resolve_pod = resolve_pod
 
     async def narrow(self, account_id: str, reach: Reach, wanted: EventFilter) -> Reach:
-        """The caller's reach narrowed to the filter's pod, inbox or mailbox.
-
-        Raises:
-            MailplaneError: ``invalid_argument`` (two of them), ``pod_not_found``,
-                ``inbox_not_found``, ``mailbox_not_found``.
-        """
-        given = [s for s in (wanted.pod_ref, wanted.inbox_id, wanted.mailbox_id) if s]
-        if len(given) > 1:
-            raise invalid_argument("podId", "inboxId and mailboxId cannot be combined; give one.")
-        owner_id = wanted.inbox_id or wanted.mailbox_id
-        if owner_id:
-            prefix = "inb_" if wanted.inbox_id else "mbx_"
-            owner = (
-                await self._mail.owner(account_id, owner_id)
-                if owner_id.startswith(prefix)
-                else None
-            )
-            if owner is None or not reach.allows(owner.pod_id, owner.id):
-                raise owner_not_found("inbox" if wanted.inbox_id else "mailbox", owner_id)
-            return Reach(owner_ids=(owner.id,))
-        if wanted.pod_ref:
-            pod_id = await self._resolve_pod(wanted.pod_ref)
-            if reach.pod_id is not None and reach.pod_id != pod_id:
-                raise MailplaneError(
-                    "pod_not_found", f"No pod {wanted.pod_ref[:64]!r} in this account; list pods."
-                )
-            return Reach(pod_id=pod_id, owner_ids=reach.owner_ids)
-        return reach
+        """The caller's reach narrowed to the filter's pod, inbox or mailbox
+        (``service.narrow_reach``)."""
+        scope = Scope(wanted.inbox_id, wanted.mailbox_id, wanted.pod_ref)
+        return await narrow_reach(self._mail, self._resolve_pod, account_id, reach, scope)
 
     async def list_events(
         self,

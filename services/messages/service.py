@@ -42,14 +42,14 @@ def thread_not_found(thread_id: str) -> MailplaneError:
     )
 
 
-def owner_not_found(owner_id: str) -> MailplaneError:
-    """``inbox_not_found`` or ``mailbox_not_found``, from the ID's prefix."""
-    if owner_id.startswith("mbx_"):
+def owner_not_found(noun: str, owner_id: str) -> MailplaneError:
+    """``inbox_not_found`` or ``mailbox_not_found`` (``noun``) for a filter's ID."""
+    if noun == "inbox":
         return MailplaneError(
-            "mailbox_not_found", f"No mailbox {owner_id[:64]!r} in this account; list mailboxes."
+            "inbox_not_found", f"No inbox {owner_id[:64]!r} in this account; list inboxes."
         )
     return MailplaneError(
-        "inbox_not_found", f"No inbox {owner_id[:64]!r} in this account; list inboxes."
+        "mailbox_not_found", f"No mailbox {owner_id[:64]!r} in this account; list mailboxes."
     )
 
 
@@ -69,6 +69,37 @@ class LabelChange:
 
     add: list[str]
     remove: list[str]
+
+
+async def narrow_reach(
+    store: MailStore, resolve_pod: PodResolver, account_id: str, reach: Reach, scope: Scope
+) -> Reach:
+    """The caller's reach narrowed to one inbox, mailbox or pod (messages, threads
+    and events are filtered alike).
+
+    Raises:
+        MailplaneError: ``invalid_argument`` (two of them), ``inbox_not_found``,
+            ``mailbox_not_found`` (an owner of another account or out of the key's
+            reach), ``pod_not_found``.
+    """
+    given = [s for s in (scope.inbox_id, scope.mailbox_id, scope.pod_ref) if s]
+    if len(given) > 1:
+        raise invalid_argument("inboxId", "podId and mailboxId cannot be combined; give one.")
+    owner_id = scope.inbox_id or scope.mailbox_id
+    if owner_id:
+        noun, prefix = ("inbox", "inb_") if scope.inbox_id else ("mailbox", "mbx_")
+        owner = await store.owner(account_id, owner_id) if owner_id.startswith(prefix) else None
+        if owner is None or not reach.allows(owner.pod_id, owner.id):
+            raise owner_not_found(noun, owner_id)
+        return Reach(owner_ids=(owner.id,))
+    if scope.pod_ref:
+        pod_id = await resolve_pod(scope.pod_ref)
+        if reach.pod_id is not None and reach.pod_id != pod_id:
+            raise MailplaneError(
+                "pod_not_found", f"No pod {scope.pod_ref[:64]!r} in this account; list pods."
+            )
+        return Reach(pod_id=pod_id, owner_ids=reach.owner_ids)
+    return reach
 
 
 def label_change(add: Sequence[str], remove: Sequence[str]) -> LabelChange:
@@ -119,36 +150,6 @@ class MailService:
         self._resolve_pod = resolve_pod
         self._tokens = page_tokens
 
-    async def _listing_reach(self, account_id: str, reach: Reach, scope: Scope) -> Reach:
-        """The caller's reach narrowed to ``scope``.
-
-        Raises:
-            MailplaneError: ``invalid_argument`` (two scopes), ``inbox_not_found``,
-                ``mailbox_not_found``, ``pod_not_found``.
-        """
-        given = [s for s in (scope.inbox_id, scope.mailbox_id, scope.pod_ref) if s]
-        if len(given) > 1:
-            raise invalid_argument("inboxId", "podId and mailboxId cannot be combined; give one.")
-        owner_id = scope.inbox_id or scope.mailbox_id
-        if owner_id:
-            prefix = "inb_" if scope.inbox_id else "mbx_"
-            owner = (
-                await self._store.owner(account_id, owner_id)
-                if owner_id.startswith(prefix)
-                else None
-            )
-            if owner is None or not reach.allows(owner.pod_id, owner.id):
-                raise owner_not_found(owner_id)
-            return Reach(owner_ids=(owner.id,))
-        if scope.pod_ref:
-            pod_id = await self._resolve_pod(scope.pod_ref)
-            if reach.pod_id is not None and reach.pod_id != pod_id:
-                raise MailplaneError(
-                    "pod_not_found", f"No pod {scope.pod_ref[:64]!r} in this account; list pods."
-                )
-            return Reach(pod_id=pod_id, owner_ids=reach.owner_ids)
-        return reach
-
     async def list_messages(
         self,
         account_id: str,
@@ -168,7 +169,7 @@ class MailService:
             MailplaneError: ``invalid_argument`` (page, labels), not-found of the scope.
         """
         limit = pagination.page_size(size)
-        narrowed = await self._listing_reach(account_id, reach, scope)
+        narrowed = await narrow_reach(self._store, self._resolve_pod, account_id, reach, scope)
         listing = f"messages:{narrowed.pod_id or ''}:{','.join(narrowed.owner_ids or ())}"
         page = await self._store.list_messages(
             account_id,
@@ -252,7 +253,7 @@ class MailService:
     ) -> tuple[list[Thread], str]:
         """A page of threads, latest activity first, and the next page's token."""
         limit = pagination.page_size(size)
-        narrowed = await self._listing_reach(account_id, reach, scope)
+        narrowed = await narrow_reach(self._store, self._resolve_pod, account_id, reach, scope)
         owners = ",".join(narrowed.owner_ids or ())
         listing = f"threads:{narrowed.pod_id or ''}:{owners}:{folder_id or ''}"
         page = await self._store.list_threads(

@@ -38,7 +38,8 @@ from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.pagination import Page, PageTokens, page_of
 from services.messages.dispatch import SecretBox, Sender, ip_literal, is_public
 from services.messages.event_log import TEST_EVENT_TYPE, Event, Position
-from services.messages.events import check_event_types, owner_not_found
+from services.messages.events import check_event_types
+from services.messages.service import owner_not_found
 from services.messages.store import MailStore, Reach
 
 #: Longest URL, in characters.
