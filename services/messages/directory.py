@@ -115,6 +115,20 @@ class AddressDirectory:
                 continue
             if holder.owner_id == route.owner_id and holder.state != "tombstone":
                 return holder
+            # A custom-domain address held by an account that never verified the
+            # domain gives way to the account that did: an unverified domain may
+            # not squat a verified owner's addresses (DESIGN §7.2).
+            if holder.account_id != route.account_id and await self._store.evict_squatter(
+                route.address, holder.owner_id, route.account_id
+            ):
+                _log.warning(
+                    "route_evicted",
+                    address=route.address,
+                    holder_id=holder.owner_id,
+                    holder_account_id=holder.account_id,
+                    owner_account_id=route.account_id,
+                )
+                continue
             raise _held(route.address, route.kind, holder)
         raise MailplaneError("unavailable", f"{route.address} is changing hands; retry.")
 

@@ -68,6 +68,12 @@ UPDATE domains SET can_receive = false, updated_at = now()
 WHERE name = $1 AND account_id = $2 AND can_receive
 """
 FORGET_DOMAIN = "DELETE FROM domains WHERE name = $1 AND account_id = $2"
+#: Removes another account's route on a custom domain whose verified owner is $3.
+EVICT_SQUATTER = """
+DELETE FROM routes r USING domains d
+WHERE r.address = $1 AND r.owner_id = $2 AND d.name = r.domain
+  AND d.account_id = $3 AND r.account_id <> $3
+"""
 DELETE_EXPIRED_TOMBSTONES = """
 DELETE FROM routes WHERE state = 'tombstone' AND tombstone_until <= now() RETURNING address
 """
@@ -155,6 +161,12 @@ class DirectoryStore:
             await self._pool.execute(SET_DOMAIN_OWNER, name, account_id)
         else:
             await self._pool.execute(STOP_DOMAIN, name, account_id)
+
+    async def evict_squatter(self, address: str, holder_id: str, owner_account_id: str) -> bool:
+        """Removes ``holder_id``'s route of ``address`` if it belongs to another
+        account than the one that verified the address's domain; whether it did."""
+        done = await self._pool.execute(EVICT_SQUATTER, address, holder_id, owner_account_id)
+        return bool(done.endswith(" 1"))
 
     async def forget_domain(self, name: str, account_id: str) -> None:
         """Removes the domain's row if ``account_id`` owns it."""

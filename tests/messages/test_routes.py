@@ -25,6 +25,7 @@ from services.inboxes import service as inbox_rules
 from services.mailboxes import server as mailboxes_server
 from services.mailboxes import service as mailbox_rules
 from tests.conftest import Services, Tenant, Zone, free_port
+from tests.domains.test_domains import publish
 from tests.gateway.test_rest import assert_error
 from tests.inboxes.test_inboxes import create as create_inbox
 from tests.inboxes.test_inboxes import new_pod, verified_domain
@@ -497,3 +498,26 @@ class LogSpy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+async def test_an_unverified_domain_cannot_squat_its_verified_owners_addresses(
+    http: httpx.AsyncClient,
+    tenant: Tenant,
+    other_tenant: Tenant,
+    dns_zone: Zone,
+    db: asyncpg.Connection,
+) -> None:
+    squatted = await pending_domain(http, other_tenant)
+    name = squatted["domain"]
+    squatter = await create_mailbox(http, other_tenant, address=f"ceo@{name}")
+    assert squatter.status_code == 201, squatter.text
+    owned = await http.post("/v1/domains", json={"domain": name}, headers=tenant.headers)
+    publish(dns_zone, owned.json())
+    verified = await http.post(f"/v1/domains/{owned.json()['id']}/verify", headers=tenant.headers)
+    assert verified.json()["status"] == "verified", verified.text
+    ours = await http.post(
+        "/v1/inboxes?strict=true", json={"username": "ceo", "domain": name}, headers=tenant.headers
+    )
+    assert ours.status_code == 201, ours.text
+    held = await route(db, f"ceo@{name}")
+    assert held is not None and held["owner_id"] == ours.json()["id"]
