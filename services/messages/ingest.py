@@ -96,6 +96,9 @@ class Ingest:
                         await self._ingest(conn, spooled)
                 except (asyncpg.InterfaceError, OSError):
                     raise  # the connection is gone: the whole batch is retried
+                except PolicyNotKnown as exc:  # expected until the mailboxes sweep publishes it
+                    _log.warning("ingest_waiting_for_policy", spool_id=spooled.id, error=str(exc))
+                    failed.append((spooled.id, f"{type(exc).__name__}: {exc}"))
                 except Exception as exc:  # one bad message must not block the spool
                     _log.exception("ingest_failed", spool_id=spooled.id)
                     failed.append((spooled.id, f"{type(exc).__name__}: {exc}"))
