@@ -10,8 +10,9 @@ down is ``unavailable``, so a create or delete fails closed (DESIGN §3).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 from mailplane.messages.v1 import addresses_pb2, addresses_pb2_grpc
@@ -137,6 +138,59 @@ class AddressDirectory:
                 name=name, account_id=account_id, routes_deliver=routes_deliver
             ),
         )
+
+    async def set_mailbox_policy(
+        self,
+        *,
+        mailbox_id: str,
+        account_id: str,
+        pod_id: str,
+        version: int,
+        status: str,
+        address: str,
+        display_name: str | None,
+        inbound_rate_limit: int | None,
+        paused_auto_reply: str | None,
+        reply_to: str | None,
+        rules: Sequence[Mapping[str, Any]],
+    ) -> bool:
+        """Records a mailbox's receiving policy in the messages service (an older
+        version than the recorded one is ignored).
+
+        Args:
+            rules: the enabled rules in the order they apply, each ``{"id",
+                "priority", "match": {"from"?, "to"?, "subject_contains"?},
+                "action", "folderId"}``.
+
+        Returns:
+            Whether this version was recorded. Raises ``unavailable``.
+        """
+        request = addresses_pb2.SetMailboxPolicyRequest(
+            mailbox_id=mailbox_id,
+            account_id=account_id,
+            pod_id=pod_id,
+            version=version,
+            status=status,
+            address=address,
+            display_name=display_name or "",
+            inbound_rate_limit=inbound_rate_limit or 0,
+            paused_auto_reply=paused_auto_reply or "",
+            reply_to=reply_to or "",
+            rules=[
+                addresses_pb2.MailboxRule(
+                    id=rule["id"],
+                    priority=rule["priority"],
+                    match_from=rule["match"].get("from") or "",
+                    match_to=rule["match"].get("to") or "",
+                    match_subject_contains=rule["match"].get("subject_contains") or "",
+                    action=rule["action"],
+                    folder_id=rule.get("folderId") or "",
+                )
+                for rule in rules
+            ],
+        )
+        reply = await self._call(self._stub.SetMailboxPolicy, request)
+        return bool(reply.recorded)  # type: ignore[attr-defined]
 
     async def forget_domain(self, name: str, account_id: str) -> None:
         """Tells the directory that ``account_id`` deleted ``name``. Raises ``unavailable``."""

@@ -91,3 +91,24 @@ class Rule:
     action_type: str = "archive"
     folder_id: str | None = None
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """What the messages service needs of a live mailbox at ingest (DESIGN §7.3):
+    its status, address, config and enabled rules in the order they apply.
+
+    Attributes:
+        version: increases with every change (the database's triggers).
+        rules: ``{"id", "priority", "match", "action", "folderId"}`` each.
+    """
+
+    mailbox_id: str
+    account_id: str
+    pod_id: str
+    version: int
+    status: str
+    address: str
+    display_name: str | None
+    config: dict[str, Any]
+    rules: list[dict[str, Any]]

@@ -17,7 +17,14 @@ confirms it once live; an address or catch-all change claims the new routes,
 switches, then releases the old; a delete releases its routes. The directory
 being down fails these closed with ``unavailable``. The sweep finishes or undoes
 what a crash left and claims the routes of mailboxes from before the directory,
-reporting conflicts. This module imports no transport.
+reporting conflicts.
+
+Policy (DESIGN §7.3): the messages service applies a mailbox's status, config
+and enabled rules at ingest, from the copy this service publishes after every
+committed change (a version the database bumps on each change, so copies
+arriving out of order are ignored). A messages service that is down does not
+fail the change: the sweep publishes every mailbox whose latest version it has
+not acknowledged. This module imports no transport.
 """
 
 from __future__ import annotations
@@ -191,6 +198,8 @@ class MailboxService:
             await self._undo(mailbox)
             raise
         live = await self._confirm_or_undo(account_id, mailbox)
+        # Before the route delivers, so that its first message finds the policy.
+        await self.publish_policy(live.id)
         try:
             await self._directory.confirm(routes_of(live)[0])
         except (MailplaneError, AddressHeld) as error:
@@ -353,6 +362,7 @@ class MailboxService:
                 await self._directory.confirm(claim)
             except (MailplaneError, AddressHeld) as error:
                 _log.warning("mailbox_route_unconfirmed", mailbox_id=mailbox.id, error=repr(error))
+        await self.publish_policy(updated.id)
         return updated
 
     async def _claim_all(self, claims: list[Claim]) -> None:
@@ -515,6 +525,38 @@ class MailboxService:
             _log.info("mailbox_reception_changed", domain=domain, can_receive=can_receive)
         return changed
 
+    async def publish_policy(self, mailbox_id: str) -> bool:
+        """Sends a live mailbox's current policy to the messages service, which
+        applies it at ingest (DESIGN §7.3) and writes ``mailbox.paused`` /
+        ``mailbox.resumed``. A messages service that is down is not an error
+        here: the change is committed, and the sweep publishes it later.
+
+        Returns:
+            Whether the messages service now holds the current version.
+        """
+        policy = await self._store.policy(mailbox_id)
+        if policy is None:
+            return False
+        try:
+            await self._directory.set_mailbox_policy(
+                mailbox_id=policy.mailbox_id,
+                account_id=policy.account_id,
+                pod_id=policy.pod_id,
+                version=policy.version,
+                status=policy.status,
+                address=policy.address,
+                display_name=policy.display_name,
+                inbound_rate_limit=policy.config.get("inbound_rate_limit"),
+                paused_auto_reply=policy.config.get("paused_auto_reply"),
+                reply_to=policy.config.get("reply_to"),
+                rules=policy.rules,
+            )
+        except MailplaneError as error:
+            _log.warning("mailbox_policy_unpublished", mailbox_id=mailbox_id, code=error.code)
+            return False
+        await self._store.mark_published(mailbox_id, policy.version)
+        return True
+
     async def held_addresses(self, mailbox_ids: list[str]) -> list[tuple[str, str, bool]]:
         """``(mailbox_id, address, live)`` of the routes the given mailboxes hold
         (their address, and ``*@domain`` for a catch-all), for the directory's
@@ -555,6 +597,8 @@ class MailboxService:
             swept.append(mailbox_id)
         if swept:
             _log.info("stale_mailboxes_swept", mailbox_ids=swept)
+        for mailbox_id in await self._store.unpublished(SWEEP_BATCH):
+            await self.publish_policy(mailbox_id)
         conflicts = 0
         for mailbox in await self._store.unrouted(SWEEP_BATCH):
             state = "routed"
@@ -613,6 +657,7 @@ class MailboxService:
         created = await self._store.create_rule(account_id, checked)
         if created is None:
             raise mailbox_not_found(mailbox_id)
+        await self.publish_policy(mailbox_id)
         return created
 
     async def list_rules(self, account_id: str, mailbox_id: str) -> list[Rule]:
@@ -638,6 +683,7 @@ class MailboxService:
         )
         if updated is None:
             raise _rule_not_found(rule_id)
+        await self.publish_policy(mailbox_id)
         return updated
 
     async def delete_rule(self, account_id: str, mailbox_id: str, rule_id: str) -> str:
@@ -645,6 +691,7 @@ class MailboxService:
         await self.get(account_id, mailbox_id)
         if not await self._store.delete_rule(account_id, mailbox_id, rule_id):
             raise _rule_not_found(rule_id)
+        await self.publish_policy(mailbox_id)
         return rule_id
 
 

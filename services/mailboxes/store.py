@@ -14,7 +14,7 @@ import asyncpg
 from services.chassis import ids
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.pagination import Page, page_of
-from services.mailboxes.models import Folder, Mailbox, Rule, empty_config
+from services.mailboxes.models import Folder, Mailbox, PolicySnapshot, Rule, empty_config
 
 _COLUMNS = (
     "id, account_id, pod_id, address, domain, shared_domain, display_name, status, "
@@ -113,6 +113,26 @@ SET_ROUTE_STATE = "UPDATE mailboxes SET route_state = $3 WHERE account_id = $1 A
 UNDELETE = """
 UPDATE mailboxes SET deleted_at = NULL, route_state = 'unrouted', updated_at = now()
 WHERE account_id = $1 AND id = $2 AND deleted_at IS NOT NULL
+"""
+#: A live mailbox's receiving policy with its enabled rules in the order they apply.
+SELECT_POLICY = """
+SELECT m.id, m.account_id, m.pod_id, m.address, m.display_name, m.status,
+       m.config::text AS config, m.policy_version,
+       coalesce((SELECT json_agg(json_build_object('id', r.id, 'priority', r.priority,
+                                                   'match', r.match, 'action', r.action_type,
+                                                   'folderId', r.folder_id)
+                                 ORDER BY r.priority, r.created_at, r.id)
+                 FROM rules r WHERE r.mailbox_id = m.id AND r.enabled), '[]')::text AS rules
+FROM mailboxes m
+WHERE m.id = $1 AND m.state = 'live' AND m.deleted_at IS NULL
+"""
+MARK_PUBLISHED = """
+UPDATE mailboxes SET policy_published = greatest(policy_published, $2) WHERE id = $1
+"""
+SELECT_UNPUBLISHED = """
+SELECT id FROM mailboxes
+WHERE policy_published < policy_version AND state = 'live' AND deleted_at IS NULL
+LIMIT $1
 """
 #: The addresses some mailboxes hold, for the directory's sweep (any account).
 SELECT_HELD = """
@@ -417,6 +437,31 @@ class MailboxStore:
         except asyncpg.UniqueViolationError:
             return False
         return True
+
+    async def policy(self, mailbox_id: str) -> PolicySnapshot | None:
+        """A live mailbox's policy at its current version, or ``None``."""
+        row = await self._pool.fetchrow(SELECT_POLICY, mailbox_id)
+        if row is None:
+            return None
+        return PolicySnapshot(
+            mailbox_id=row["id"],
+            account_id=row["account_id"],
+            pod_id=row["pod_id"],
+            version=row["policy_version"],
+            status=row["status"],
+            address=row["address"],
+            display_name=row["display_name"],
+            config=empty_config() | json.loads(row["config"]),
+            rules=json.loads(row["rules"]),
+        )
+
+    async def mark_published(self, mailbox_id: str, version: int) -> None:
+        """Records that the messages service holds ``version`` of the policy."""
+        await self._pool.execute(MARK_PUBLISHED, mailbox_id, version)
+
+    async def unpublished(self, limit: int) -> list[str]:
+        """Live mailboxes whose latest policy the messages service lacks."""
+        return [r["id"] for r in await self._pool.fetch(SELECT_UNPUBLISHED, limit)]
 
     async def held_addresses(
         self, mailbox_ids: list[str]

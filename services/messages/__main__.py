@@ -69,7 +69,7 @@ async def worker(settings: Settings) -> None:
 
     async def start() -> Callable[[], Awaitable[None]]:
         resolver = SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds)
-        ingest = Ingest(MailStore(pool), sender_authentication(resolver))
+        ingest = Ingest(MailStore(pool), sender_authentication(resolver), settings.mail_host)
         listener = EventListener(settings.service_dsn(NAME))
         sender = Sender(
             SecretBox(settings.webhook_secret_key.get_secret_value()),

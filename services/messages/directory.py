@@ -25,9 +25,12 @@ from services.chassis.addresses import domain_key
 from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.logs import get_logger
 from services.messages.directory_store import DirectoryStore, Route, StaleClaim
+from services.messages.models import MailboxPolicy
 
 _log = get_logger("mailplane.messages.directory")
 KINDS = ("inbox", "mailbox", "catch_all")
+MAILBOX_STATUSES = ("provisioning", "active", "paused", "error")
+RULE_ACTIONS = ("move_to_folder", "archive", "mark_spam")
 _OWNER_PREFIX = {"inbox": "inb_", "mailbox": "mbx_", "catch_all": "mbx_"}
 #: How many stale claims one sweep resolves.
 SWEEP_BATCH = 500
@@ -173,6 +176,41 @@ class AddressDirectory:
         _log.info(
             "route_domain_status", domain=domain, account_id=account_id, deliver=routes_deliver
         )
+
+    async def set_mailbox_policy(self, policy: MailboxPolicy) -> bool:
+        """Records a mailbox's receiving policy unless a newer one is recorded
+        (writing ``mailbox.paused``/``mailbox.resumed`` when its status enters
+        or leaves ``paused``). Returns whether it was recorded.
+
+        Raises:
+            MailplaneError: ``invalid_argument`` naming the field.
+        """
+        if not policy.mailbox_id.startswith("mbx_"):
+            raise invalid_argument("mailbox_id", "must be an mbx_… ID.")
+        if not policy.account_id or not policy.pod_id:
+            raise invalid_argument("account_id", "and pod_id are required.")
+        if policy.version <= 0:
+            raise invalid_argument("version", "must be positive.")
+        if policy.status not in MAILBOX_STATUSES:
+            raise invalid_argument("status", f"must be one of {', '.join(MAILBOX_STATUSES)}.")
+        if policy.inbound_rate_limit is not None and policy.inbound_rate_limit <= 0:
+            raise invalid_argument("inbound_rate_limit", "must be positive, or 0 for none.")
+        if "@" not in policy.address:
+            raise invalid_argument("address", "must be the mailbox's address.")
+        for rule in policy.rules:
+            if rule["action"] not in RULE_ACTIONS:
+                raise invalid_argument("rules.action", f"must be one of {', '.join(RULE_ACTIONS)}.")
+            if rule["action"] == "move_to_folder" and not rule["folderId"]:
+                raise invalid_argument("rules.folder_id", "is required for move_to_folder.")
+        recorded = await self._store.set_mailbox_policy(policy)
+        _log.info(
+            "mailbox_policy_recorded",
+            mailbox_id=policy.mailbox_id,
+            version=policy.version,
+            status=policy.status,
+            recorded=recorded,
+        )
+        return recorded
 
     async def forget_domain(self, name: str, account_id: str) -> None:
         """Forgets a custom domain its account deleted. Raises ``invalid_argument``."""

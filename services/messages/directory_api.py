@@ -12,6 +12,7 @@ from services.chassis import auth
 from services.chassis.errors import invalid_argument
 from services.messages.directory import AddressDirectory, check_route
 from services.messages.directory_store import Route
+from services.messages.models import MailboxPolicy
 
 _KINDS = {
     addresses_pb2.ROUTE_KIND_INBOX: "inbox",
@@ -34,6 +35,7 @@ ADDRESS_ACCESS: dict[str, auth.Access] = {
     "ReleaseAddress": auth.OPERATOR_ONLY,
     "SetDomainStatus": auth.OPERATOR_ONLY,
     "ForgetDomain": auth.OPERATOR_ONLY,
+    "SetMailboxPolicy": auth.OPERATOR_ONLY,
 }
 
 
@@ -99,3 +101,38 @@ class AddressServicer(addresses_pb2_grpc.AddressServiceServicer):
     ) -> addresses_pb2.ForgetDomainResponse:
         await self._directory.forget_domain(request.name, request.account_id)
         return addresses_pb2.ForgetDomainResponse()
+
+    async def SetMailboxPolicy(
+        self, request: addresses_pb2.SetMailboxPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> addresses_pb2.SetMailboxPolicyResponse:
+        rules = sorted(
+            (
+                {
+                    "id": r.id,
+                    "priority": r.priority,
+                    "from": r.match_from.strip().lower() or None,
+                    "to": r.match_to.strip().lower() or None,
+                    "subjectContains": r.match_subject_contains.casefold() or None,
+                    "action": r.action,
+                    "folderId": r.folder_id or None,
+                }
+                for r in request.rules
+            ),
+            key=lambda r: r["priority"],
+        )
+        recorded = await self._directory.set_mailbox_policy(
+            MailboxPolicy(
+                mailbox_id=request.mailbox_id,
+                account_id=request.account_id,
+                pod_id=request.pod_id,
+                version=request.version,
+                status=request.status,
+                address=request.address.strip().lower(),
+                display_name=request.display_name or None,
+                inbound_rate_limit=request.inbound_rate_limit or None,
+                paused_auto_reply=request.paused_auto_reply or None,
+                reply_to=request.reply_to or None,
+                rules=rules,
+            )
+        )
+        return addresses_pb2.SetMailboxPolicyResponse(recorded=recorded)

@@ -9,6 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
+
+from services.messages.models import MailboxPolicy, Owner
+from services.messages.store import write_event
 
 _COLUMNS = "address, domain, kind, owner_id, account_id, pod_id, state"
 #: A pending claim: inserted, or taken over from a tombstone its own pod may
@@ -59,6 +63,45 @@ WITH gone AS (
 )
 SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM buried)
 """
+#: Serializes an owner's deletion with the ingest of its mail (``ingest`` takes it shared).
+LOCK_OWNER = "SELECT pg_advisory_xact_lock(hashtextextended('owner:' || $1, 0))"
+SELECT_OWNER_ACCOUNT = "SELECT account_id FROM routes WHERE owner_id = $1 LIMIT 1"
+MARK_DELETED = "INSERT INTO deleted_owners (owner_id) VALUES ($1) ON CONFLICT DO NOTHING"
+UNMARK_DELETED = "DELETE FROM deleted_owners WHERE owner_id = ANY($1::text[])"
+#: An inbox's blobs, before its threads go (messages_dedupe_key leads with owner_id).
+SELECT_OWNER_BLOBS = """
+SELECT m.raw_sha256 FROM messages m WHERE m.owner_id = $1
+UNION SELECT a.sha256 FROM attachments a JOIN messages m ON m.id = a.message_id
+WHERE m.owner_id = $1
+"""
+#: An inbox's threads with their messages, attachments and references (ON DELETE CASCADE).
+PURGE_OWNER_THREADS = """
+DELETE FROM threads WHERE id IN (SELECT thread_id FROM messages WHERE owner_id = $1)
+"""
+DELETE_ORPHAN_BLOBS = """
+DELETE FROM blobs b WHERE b.sha256 = ANY($1::bytea[])
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.raw_sha256 = b.sha256)
+  AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.sha256 = b.sha256)
+"""
+FORGET_OWNER_COUNTERS = """
+WITH a AS (DELETE FROM auto_replies WHERE owner_id = $1)
+DELETE FROM inbound_counts WHERE owner_id = $1
+"""
+#: A deleted mailbox's messages and threads, labelled ``trash`` (seed 004).
+TRASH_OWNER = """
+WITH trashed AS (
+    UPDATE messages SET labels = ARRAY(SELECT DISTINCT x FROM unnest(labels || '{trash}') x
+                                       ORDER BY x),
+        updated_at = now()
+    WHERE owner_id = $1 AND NOT 'trash' = ANY(labels)
+    RETURNING thread_id
+)
+UPDATE threads SET labels = ARRAY(SELECT DISTINCT x FROM unnest(labels || '{trash}') x
+                                  ORDER BY x),
+    updated_at = now()
+WHERE id IN (SELECT thread_id FROM trashed)
+"""
+SELECT_DOMAIN_FOR_UPDATE = "SELECT account_id, can_receive FROM domains WHERE name = $1 FOR UPDATE"
 SET_DOMAIN_OWNER = """
 INSERT INTO domains (name, account_id, can_receive) VALUES ($1, $2, true)
 ON CONFLICT (name) DO UPDATE SET account_id = $2, can_receive = true, updated_at = now()
@@ -66,6 +109,24 @@ ON CONFLICT (name) DO UPDATE SET account_id = $2, can_receive = true, updated_at
 STOP_DOMAIN = """
 UPDATE domains SET can_receive = false, updated_at = now()
 WHERE name = $1 AND account_id = $2 AND can_receive
+RETURNING name
+"""
+SELECT_POLICY_FOR_UPDATE = """
+SELECT version, status FROM mailbox_policies WHERE mailbox_id = $1 FOR UPDATE
+"""
+#: A mailbox's policy, replaced only by a higher version.
+UPSERT_POLICY = """
+INSERT INTO mailbox_policies AS p (mailbox_id, account_id, pod_id, version, status, address,
+    display_name, inbound_rate_limit, paused_auto_reply, reply_to, rules)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
+ON CONFLICT (mailbox_id) DO UPDATE
+SET account_id = EXCLUDED.account_id, pod_id = EXCLUDED.pod_id, version = EXCLUDED.version,
+    status = EXCLUDED.status, address = EXCLUDED.address, display_name = EXCLUDED.display_name,
+    inbound_rate_limit = EXCLUDED.inbound_rate_limit,
+    paused_auto_reply = EXCLUDED.paused_auto_reply, reply_to = EXCLUDED.reply_to,
+    rules = EXCLUDED.rules, updated_at = now()
+WHERE p.version < EXCLUDED.version
+RETURNING mailbox_id
 """
 FORGET_DOMAIN = "DELETE FROM domains WHERE name = $1 AND account_id = $2"
 #: Removes another account's route on a custom domain whose verified owner is $3.
@@ -84,8 +145,12 @@ ORDER BY state_changed_at
 LIMIT $2
 """
 CONFIRM_STALE = """
-UPDATE routes SET state = 'live', state_changed_at = now()
-WHERE address = $1 AND owner_id = $2 AND state = 'pending'
+WITH live AS (
+    UPDATE routes SET state = 'live', state_changed_at = now()
+    WHERE address = $1 AND owner_id = $2 AND state = 'pending'
+    RETURNING owner_id
+)
+DELETE FROM deleted_owners WHERE owner_id IN (SELECT owner_id FROM live)
 """
 DROP_STALE = """
 DELETE FROM routes
@@ -142,8 +207,11 @@ class DirectoryStore:
 
     async def confirm(self, route: Route) -> Route | None:
         """Makes the owner's route live; ``None`` when another owner holds it or
-        it is already live."""
-        row = await self._pool.fetchrow(CONFIRM, *_values(route))
+        it is already live. A live owner is not deleted: its mark is removed (a
+        delete its owner service rolled back)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(CONFIRM, *_values(route))
+            await conn.execute(UNMARK_DELETED, [route.owner_id])
         return _route(row) if row else None
 
     async def get(self, address: str) -> Route | None:
@@ -152,15 +220,85 @@ class DirectoryStore:
         return _route(row) if row else None
 
     async def release(self, owner_id: str, address: str | None, reclaim_days: int) -> int:
-        """Releases the owner's routes (one address, or all); how many changed."""
-        return int(await self._pool.fetchval(RELEASE, owner_id, address, reclaim_days))
+        """Releases the owner's routes (one address, or all); how many changed.
+
+        Releasing all of them deletes the owner (DESIGN §7.4), in the same
+        transaction: an inbox's messages, threads, attachments and blobs no
+        longer used are purged; a mailbox's threads are trashed. Idempotent.
+        """
+        if address is not None:
+            return int(await self._pool.fetchval(RELEASE, owner_id, address, reclaim_days))
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_OWNER, owner_id)
+            released = int(await conn.fetchval(RELEASE, owner_id, None, reclaim_days))
+            await conn.execute(MARK_DELETED, owner_id)
+            if owner_id.startswith("inb_"):
+                blobs = [r[0] for r in await conn.fetch(SELECT_OWNER_BLOBS, owner_id)]
+                await conn.execute(PURGE_OWNER_THREADS, owner_id)
+                await conn.execute(DELETE_ORPHAN_BLOBS, blobs)
+            else:
+                await conn.execute(TRASH_OWNER, owner_id)
+            await conn.execute(FORGET_OWNER_COUNTERS, owner_id)
+        return released
 
     async def set_domain_status(self, name: str, account_id: str, routes_deliver: bool) -> None:
-        """Makes ``account_id`` the domain's delivering owner, or stops its delivery."""
-        if routes_deliver:
-            await self._pool.execute(SET_DOMAIN_OWNER, name, account_id)
-        else:
-            await self._pool.execute(STOP_DOMAIN, name, account_id)
+        """Makes ``account_id`` the domain's delivering owner, or stops its
+        delivery; a change writes ``domain.verified`` or ``domain.degraded`` in
+        the same transaction (DESIGN §7.6)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(SELECT_DOMAIN_FOR_UPDATE, name)
+            previous = (
+                before["account_id"] if before is not None and before["can_receive"] else None
+            )
+            if routes_deliver:
+                await conn.execute(SET_DOMAIN_OWNER, name, account_id)
+                if previous != account_id:
+                    await _domain_event(conn, "domain.verified", name, account_id, True)
+                if previous is not None and previous != account_id:
+                    # Another account verified the name: the previous owner's stops receiving.
+                    await _domain_event(conn, "domain.degraded", name, previous, False)
+            elif await conn.fetchval(STOP_DOMAIN, name, account_id) is not None:
+                await _domain_event(conn, "domain.degraded", name, account_id, False)
+
+    async def set_mailbox_policy(self, policy: MailboxPolicy) -> bool:
+        """Records a mailbox's policy unless a newer version is recorded; a status
+        entering or leaving ``paused`` writes ``mailbox.paused`` or
+        ``mailbox.resumed`` in the same transaction. Returns whether it was recorded."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchrow(SELECT_POLICY_FOR_UPDATE, policy.mailbox_id)
+            if before is not None and before["version"] >= policy.version:
+                return False
+            recorded = await conn.fetchval(
+                UPSERT_POLICY,
+                policy.mailbox_id,
+                policy.account_id,
+                policy.pod_id,
+                policy.version,
+                policy.status,
+                policy.address,
+                policy.display_name,
+                policy.inbound_rate_limit,
+                policy.paused_auto_reply,
+                policy.reply_to,
+                orjson.dumps(policy.rules).decode(),
+            )
+            if recorded is None:
+                return False
+            was_paused = before is not None and before["status"] == "paused"
+            if before is not None and was_paused != (policy.status == "paused"):
+                await write_event(
+                    conn,
+                    Owner(policy.mailbox_id, policy.account_id, policy.pod_id),
+                    "mailbox.resumed" if was_paused else "mailbox.paused",
+                    {
+                        "mailbox": {
+                            "id": policy.mailbox_id,
+                            "address": policy.address,
+                            "status": policy.status,
+                        }
+                    },
+                )
+        return True
 
     async def evict_squatter(self, address: str, holder_id: str, owner_account_id: str) -> bool:
         """Removes ``holder_id``'s route of ``address`` if it belongs to another
@@ -193,6 +331,18 @@ class DirectoryStore:
             await self._pool.executemany(
                 DROP_STALE, [(c.address, c.owner_id, older_than_seconds) for c in claims]
             )
+
+
+async def _domain_event(
+    conn: asyncpg.Connection, event_type: str, name: str, account_id: str, can_receive: bool
+) -> None:
+    await write_event(
+        conn,
+        None,
+        event_type,
+        {"domain": {"name": name, "canReceive": can_receive}},
+        account_id=account_id,
+    )
 
 
 def _values(route: Route) -> tuple[str, str, str, str, str, str]:

@@ -8,7 +8,10 @@ read (its exact address, its sub-address base ``local@`` of ``local+tag@``
 - a live route → ``250``; a tombstone or no route on one of our domains →
   ``550 5.1.1``; a domain that is not ours → ``550 5.7.1`` (never an open relay);
 - a pending route (its inbox or mailbox is being created) or a database that
-  does not answer → ``451 4.3.0`` (try again later).
+  does not answer → ``451 4.3.0`` (try again later);
+- a mailbox over its ``inboundRateLimit`` (messages accepted in the rolling
+  hour, from a per-minute counter: one more indexed read, only for mailboxes
+  with a limit) → ``451 4.7.1`` (DESIGN §7.3).
 
 After DATA the message is committed to the spool, and only then answered
 ``250``; any failure before that is ``451`` (DESIGN §7.3: 250 means durable).
@@ -39,6 +42,10 @@ UNKNOWN = "550 5.1.1 No such recipient here"
 RELAY_DENIED = "550 5.7.1 Relaying denied: this server accepts mail only for its own domains"
 TRY_LATER = "451 4.3.0 Temporary failure; try again later"
 CREATING = "451 4.2.0 This address is being set up; try again later"
+RATE_LIMITED = (
+    "451 4.7.1 This mailbox is receiving mail at a rate that prevents additional messages"
+    " from being delivered; try again later"
+)
 TOO_MANY = "452 4.5.3 Too many recipients"
 BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -133,11 +140,25 @@ class InboundHandler:
             return TRY_LATER
         if isinstance(choice, str):
             return choice
-        envelope.rcpt_tos.append(address)
         owners: list[Recipient] = getattr(envelope, "owners", [])
+        counted: list[str] = getattr(envelope, "counted", [])
         if all(r.owner.id != choice.id for r in owners):  # one copy per owner
+            limit = next(
+                (r["inbound_rate_limit"] for r in rows if r["owner_id"] == choice.id), None
+            )
+            if limit is not None:
+                # inboundRateLimit (seed 004): messages per rolling hour, over it 451 4.7.1.
+                try:
+                    if await self._store.hourly_count(choice.id) >= limit:
+                        return RATE_LIMITED
+                except DB_ERRORS:
+                    _log.warning("rcpt_count_failed", exc_info=True)
+                    return TRY_LATER
+                counted.append(choice.id)
             owners.append(Recipient(lookup.exact, choice))
+        envelope.rcpt_tos.append(address)
         envelope.owners = owners  # type: ignore[attr-defined]
+        envelope.counted = counted  # type: ignore[attr-defined]
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -147,7 +168,12 @@ class InboundHandler:
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         try:
             spool_id = await self._store.spool(
-                peer, session.host_name or "", envelope.mail_from or "", owners, raw
+                peer,
+                session.host_name or "",
+                envelope.mail_from or "",
+                owners,
+                raw,
+                getattr(envelope, "counted", []),
             )
         except DB_ERRORS:
             _log.warning("spool_failed", exc_info=True)

@@ -4,8 +4,9 @@
 A batch of due spool rows is locked with ``FOR UPDATE SKIP LOCKED`` (so several
 workers share the spool), each message is parsed once and stored once per
 owner, with its event, and its spool row deleted, all in one transaction. A
-message that fails is rolled back to its savepoint and retried later with a
-backoff; the rest of the batch commits. A crash leaves the spool rows locked by
+message that fails (among others, one for a mailbox whose policy has not
+arrived yet) is rolled back to its savepoint and retried later with a backoff;
+the rest of the batch commits; a spool row is never dropped. A crash leaves the spool rows locked by
 nobody, so they are taken again, and the per-owner dedupe
 ``(owner, Message-ID, SHA-256)`` makes the re-run store nothing twice.
 """
@@ -21,8 +22,9 @@ import asyncpg
 from services.chassis.logs import get_logger
 from services.messages import mime
 from services.messages.authentication import authenticate
+from services.messages.policy import auto_reply, auto_reply_to, filing_of
 from services.messages.resolver import SenderResolver
-from services.messages.store import MailStore, Spooled
+from services.messages.store import MailStore, Recipient, Spooled
 
 _log = get_logger("mailplane.ingest")
 #: Spool rows taken per transaction.
@@ -59,17 +61,29 @@ def labels_of(authentication: dict[str, str]) -> tuple[list[str], str]:
     return labels, "message.received"
 
 
+class PolicyNotKnown(Exception):
+    """A mailbox's policy has not reached this service yet: its message waits in
+    the spool (retried with a backoff), never stored without its rules."""
+
+
 class Ingest:
     """Drains the spool into the store.
 
     Args:
         store: the mail store.
         authenticate: the sender-authentication check.
+        hostname: the domain of the Message-IDs of auto-replies.
     """
 
-    def __init__(self, store: MailStore, authenticate: Authenticator = no_authentication):
+    def __init__(
+        self,
+        store: MailStore,
+        authenticate: Authenticator = no_authentication,
+        hostname: str = "localhost",
+    ):
         self._store = store
         self._authenticate = authenticate
+        self._hostname = hostname
 
     async def run_once(self, limit: int = BATCH) -> int:
         """Ingests up to ``limit`` due spool rows; returns how many were taken."""
@@ -82,6 +96,9 @@ class Ingest:
                         await self._ingest(conn, spooled)
                 except (asyncpg.InterfaceError, OSError):
                     raise  # the connection is gone: the whole batch is retried
+                except PolicyNotKnown as exc:  # expected until the mailboxes sweep publishes it
+                    _log.warning("ingest_waiting_for_policy", spool_id=spooled.id, error=str(exc))
+                    failed.append((spooled.id, f"{type(exc).__name__}: {exc}"))
                 except Exception as exc:  # one bad message must not block the spool
                     _log.exception("ingest_failed", spool_id=spooled.id)
                     failed.append((spooled.id, f"{type(exc).__name__}: {exc}"))
@@ -96,17 +113,45 @@ class Ingest:
         )
         labels, event_type = labels_of(authentication)
         for recipient in spooled.recipients:
-            await self._store.store_inbound(
-                conn,
-                recipient.owner,
-                parsed,
-                spooled.raw,
-                labels,
-                authentication,
-                None,
-                event_type,
+            await self._deliver(
+                conn, spooled, recipient, parsed, labels, authentication, event_type
             )
         await self._store.forget_spool(conn, spooled.id)
+
+    async def _deliver(
+        self,
+        conn: asyncpg.Connection,
+        spooled: Spooled,
+        recipient: Recipient,
+        parsed: mime.Parsed,
+        labels: list[str],
+        authentication: dict[str, str],
+        event_type: str,
+    ) -> None:
+        """Stores the message for one owner with its mailbox semantics (DESIGN
+        §7.3): a deleted inbox gets nothing, a deleted mailbox gets it trashed; a
+        mailbox's rules file a new thread; a paused mailbox may auto-reply."""
+        owner = recipient.owner
+        state = await self._store.owner_state(conn, owner)
+        if state.deleted and owner.kind == "inbox":
+            return  # its mail was purged with it (DESIGN §7.4)
+        policy = state.policy
+        filing = None
+        if state.deleted:
+            labels = [*labels, "trash"]
+        elif owner.kind == "mailbox":
+            if policy is None:
+                raise PolicyNotKnown(f"No policy recorded yet for mailbox {owner.id}.")
+            filing = filing_of(policy, parsed, recipient.address)
+        message = await self._store.store_inbound(
+            conn, owner, parsed, spooled.raw, labels, authentication, event_type, filing
+        )
+        if message is None or policy is None or state.deleted:
+            return
+        to = auto_reply_to(policy, parsed, spooled.mail_from, message.labels)
+        if to and await self._store.take_auto_reply(conn, owner, to):
+            reply = auto_reply(policy, parsed, to, self._hostname)
+            await self._store.store_queued(conn, owner, message.thread_id, mime.parse(reply), reply)
 
     async def run_forever(self, listen_dsn: str) -> None:
         """Ingests until cancelled, woken by ``NOTIFY mailplane_spool`` (and a poll

@@ -44,6 +44,29 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class MailboxPolicy:
+    """A mailbox's receiving policy (DESIGN §7.3) as the mailboxes service sent it.
+
+    Attributes:
+        inbound_rate_limit: messages per rolling hour, or ``None``.
+        rules: the enabled rules in ascending priority, each
+            ``{"id", "priority", "from", "to", "subjectContains", "action", "folderId"}``.
+    """
+
+    mailbox_id: str
+    account_id: str
+    pod_id: str
+    version: int
+    status: str
+    address: str
+    display_name: str | None
+    inbound_rate_limit: int | None
+    paused_auto_reply: str | None
+    reply_to: str | None
+    rules: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class AttachmentMeta:
     """An attachment's metadata; sizes in bytes."""
 

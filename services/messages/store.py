@@ -21,6 +21,7 @@ from services.chassis.pagination import Page, page_of
 from services.messages import mime
 from services.messages.models import (
     AttachmentMeta,
+    MailboxPolicy,
     Message,
     Owner,
     Thread,
@@ -87,12 +88,21 @@ class Spooled:
 
 @dataclass(frozen=True)
 class Filing:
-    """How one owner files an incoming message: extra labels (from rules:
-    ``archived``, ``spam``), the folder a rule moves its thread to, and
-    ``authentication`` results."""
+    """How a mailbox's rule files the first message of a new thread: extra
+    labels (``archived``, ``spam``) and the folder its thread moves to."""
 
     labels: tuple[str, ...] = ()
     folder_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OwnerState:
+    """What ingest needs of one owner: whether it was deleted, and a mailbox's
+    policy (``None`` for an inbox, or for a mailbox whose policy has not
+    arrived yet)."""
+
+    deleted: bool
+    policy: MailboxPolicy | None
 
 
 # --- the SMTP edge -----------------------------------------------------------------
@@ -101,9 +111,25 @@ class Filing:
 #: with whether its domain lets it deliver now. One indexed read (the primary key).
 SELECT_ROUTES = """
 SELECT r.address, r.kind, r.owner_id, r.account_id, r.pod_id, r.state, r.domain,
-       (d.account_id = r.account_id AND d.can_receive) AS domain_ok
+       (d.account_id = r.account_id AND d.can_receive) AS domain_ok,
+       p.inbound_rate_limit
 FROM routes r LEFT JOIN domains d ON d.name = r.domain
+LEFT JOIN mailbox_policies p ON p.mailbox_id = r.owner_id
 WHERE r.address = ANY($1::text[])
+"""
+#: Messages accepted for an owner in the rolling hour (≤ 60 rows of the primary key).
+SELECT_HOURLY_COUNT = """
+SELECT coalesce(sum(n), 0) FROM inbound_counts
+WHERE owner_id = $1 AND minute > now() - interval '1 hour'
+"""
+COUNT_INBOUND = """
+INSERT INTO inbound_counts (owner_id, minute, n)
+SELECT unnest($1::text[]), date_trunc('minute', now()), 1
+ON CONFLICT (owner_id, minute) DO UPDATE SET n = inbound_counts.n + 1
+"""
+FORGET_OLD_COUNTS = """
+DELETE FROM inbound_counts
+WHERE owner_id = ANY($1::text[]) AND minute <= now() - interval '1 hour'
 """
 SELECT_OUR_DOMAIN = """
 SELECT EXISTS (SELECT 1 FROM domains WHERE name = $1)
@@ -151,9 +177,25 @@ INSERT INTO messages (id, account_id, pod_id, owner_id, thread_id, direction, st
     from_address, to_addresses, cc_addresses, bcc_addresses, reply_to, subject, preview,
     text_body, html_body, extracted_text, rfc_message_id, in_reply_to, refs, authentication,
     size, raw_sha256)
-VALUES ($1, $2, $3, $4, $5, 'inbound', 'received', $6, $7, $8, $9, '{{}}', $10, $11, $12, $13,
+VALUES ($1, $2, $3, $4, $5, $22, $23, $6, $7, $8, $9, '{{}}', $10, $11, $12, $13,
     $14, $15, $16, $17, $18, $19::jsonb, $20, $21)
 RETURNING {_MESSAGE_COLUMNS}
+"""
+#: Taken shared by ingest for each owner it stores for; an owner's deletion takes
+#: it exclusively, so no message lands after the purge (or untrashed after the trash).
+LOCK_OWNER_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtextextended('owner:' || $1, 0))"
+SELECT_OWNER_STATE = """
+SELECT EXISTS (SELECT 1 FROM deleted_owners WHERE owner_id = $1) AS deleted,
+       p.mailbox_id, p.account_id, p.pod_id, p.version, p.status, p.address, p.display_name,
+       p.inbound_rate_limit, p.paused_auto_reply, p.reply_to, p.rules::text AS rules
+FROM (SELECT 1) AS one LEFT JOIN mailbox_policies p ON p.mailbox_id = $1
+"""
+#: The (mailbox, sender) slot of a paused auto-reply: taken at most once per 24 h.
+TAKE_AUTO_REPLY = """
+INSERT INTO auto_replies AS a (owner_id, sender, replied_at) VALUES ($1, $2, now())
+ON CONFLICT (owner_id, sender) DO UPDATE SET replied_at = now()
+WHERE a.replied_at <= now() - interval '24 hours'
+RETURNING replied_at
 """
 INSERT_ATTACHMENTS = """
 INSERT INTO attachments (id, message_id, position, filename, content_type, size, content_id,
@@ -304,13 +346,38 @@ class MailStore:
         """Whether ``domain`` is a custom domain some account added (or routes to)."""
         return bool(await self._pool.fetchval(SELECT_OUR_DOMAIN, domain))
 
+    async def hourly_count(self, owner_id: str) -> int:
+        """Messages accepted for ``owner_id`` in the rolling hour (counted only
+        for owners with an ``inboundRateLimit``)."""
+        return int(await self._pool.fetchval(SELECT_HOURLY_COUNT, owner_id))
+
     async def spool(
-        self, peer: str, helo: str, mail_from: str, recipients: Sequence[Recipient], raw: bytes
+        self,
+        peer: str,
+        helo: str,
+        mail_from: str,
+        recipients: Sequence[Recipient],
+        raw: bytes,
+        counted: Sequence[str] = (),
     ) -> int:
         """Commits one accepted message to the spool; returns its spool ID. The
-        edge answers 250 only after this returns (DESIGN §7.3)."""
+        edge answers 250 only after this returns (DESIGN §7.3).
+
+        Args:
+            counted: the owners with an hourly limit, whose counters this
+                message increments in the same transaction.
+        """
         payload = orjson.dumps([r.to_json() for r in recipients]).decode()
-        spool_id: int = await self._pool.fetchval(INSERT_SPOOL, peer, helo, mail_from, payload, raw)
+        if not counted:
+            spool_id: int = await self._pool.fetchval(
+                INSERT_SPOOL, peer, helo, mail_from, payload, raw
+            )
+            return spool_id
+        owners = sorted(set(counted))  # one lock order for concurrent sessions
+        async with self._pool.acquire() as conn, conn.transaction():
+            spool_id = await conn.fetchval(INSERT_SPOOL, peer, helo, mail_from, payload, raw)
+            await conn.execute(COUNT_INBOUND, owners)
+            await conn.execute(FORGET_OLD_COUNTS, owners)
         return spool_id
 
     # --- ingest --------------------------------------------------------------------
@@ -341,6 +408,28 @@ class MailStore:
         """Puts a spool row that failed to ingest back with a backoff (≤ 5 min)."""
         await self._pool.execute(RETRY_SPOOL, spool_id, error[:1000])
 
+    async def owner_state(self, conn: asyncpg.Connection, owner: Owner) -> OwnerState:
+        """Locks ``owner`` against its deletion for the caller's transaction
+        (shared) and reads whether it is deleted and, for a mailbox, its policy."""
+        await conn.execute(LOCK_OWNER_SHARED, owner.id)
+        row = await conn.fetchrow(SELECT_OWNER_STATE, owner.id)
+        policy = None
+        if row["mailbox_id"] is not None:
+            policy = MailboxPolicy(
+                mailbox_id=row["mailbox_id"],
+                account_id=row["account_id"],
+                pod_id=row["pod_id"],
+                version=row["version"],
+                status=row["status"],
+                address=row["address"],
+                display_name=row["display_name"],
+                inbound_rate_limit=row["inbound_rate_limit"],
+                paused_auto_reply=row["paused_auto_reply"],
+                reply_to=row["reply_to"],
+                rules=orjson.loads(row["rules"]),
+            )
+        return OwnerState(bool(row["deleted"]), policy)
+
     async def store_inbound(
         self,
         conn: asyncpg.Connection,
@@ -349,11 +438,15 @@ class MailStore:
         raw: bytes,
         labels: Sequence[str],
         authentication: dict[str, str],
-        folder_id: str | None,
         event_type: str,
+        filing: Filing | None = None,
     ) -> Message | None:
         """Stores a received message for one owner, threads it and writes its
         event, in the caller's transaction.
+
+        Args:
+            filing: how a mailbox's rule files the message if it starts a new
+                thread (a ``spam`` label makes the event ``message.received.spam``).
 
         Returns:
             The stored message; ``None`` when this owner already has it (the same
@@ -368,7 +461,13 @@ class MailStore:
             parsed.message_id,
         ]
         thread_id = await conn.fetchval(SELECT_THREAD_BY_REFS, owner.id, candidates)
+        folder_id = None
         if thread_id is None:
+            if filing is not None:
+                labels = [*labels, *filing.labels]
+                folder_id = filing.folder_id
+                if "spam" in filing.labels:
+                    event_type = "message.received.spam"
             thread_id = ids.new_id("thr")
             await conn.execute(
                 INSERT_THREAD,
@@ -379,6 +478,64 @@ class MailStore:
                 parsed.subject[:998],
                 folder_id,
             )
+        return await self._insert_message(
+            conn,
+            owner,
+            thread_id,
+            parsed,
+            labels,
+            authentication,
+            ("inbound", "received"),
+            candidates,
+            folder_id,
+            event_type,
+        )
+
+    async def take_auto_reply(self, conn: asyncpg.Connection, owner: Owner, sender: str) -> bool:
+        """Takes the (mailbox, sender) auto-reply slot in the caller's
+        transaction; ``False`` when one was sent in the last 24 h."""
+        return await conn.fetchval(TAKE_AUTO_REPLY, owner.id, sender.lower()) is not None
+
+    async def store_queued(
+        self,
+        conn: asyncpg.Connection,
+        owner: Owner,
+        thread_id: str,
+        parsed: mime.Parsed,
+        raw: bytes,
+    ) -> Message:
+        """Stores an outbound message of ``owner`` in ``thread_id``, ``queued``
+        and labelled ``sent``, with its ``message.queued`` event, in the
+        caller's transaction (delivery takes queued messages)."""
+        await conn.execute(INSERT_BLOB, parsed.sha256, len(raw), raw)
+        message = await self._insert_message(
+            conn,
+            owner,
+            thread_id,
+            parsed,
+            ["sent"],
+            {},
+            ("outbound", "queued"),
+            [parsed.message_id],
+            None,
+            "message.queued",
+        )
+        assert message is not None
+        return message
+
+    async def _insert_message(
+        self,
+        conn: asyncpg.Connection,
+        owner: Owner,
+        thread_id: str,
+        parsed: mime.Parsed,
+        labels: Sequence[str],
+        authentication: dict[str, str],
+        direction_status: tuple[str, str],
+        refs: Sequence[str],
+        folder_id: str | None,
+        event_type: str,
+    ) -> Message:
         message_id = ids.new_id("msg")
         row = await conn.fetchrow(
             INSERT_MESSAGE,
@@ -403,14 +560,10 @@ class MailStore:
             orjson.dumps(authentication).decode(),
             parsed.size,
             parsed.sha256,
+            *direction_status,
         )
         attachments = await self._insert_attachments(conn, message_id, parsed.attachments)
-        await conn.execute(
-            INSERT_REFS,
-            owner.id,
-            list({*candidates}),
-            thread_id,
-        )
+        await conn.execute(INSERT_REFS, owner.id, list({*refs}), thread_id)
         thread_row = await conn.fetchrow(
             TOUCH_THREAD,
             thread_id,
@@ -477,22 +630,8 @@ class MailStore:
         *,
         account_id: str | None = None,
     ) -> str:
-        """Writes one event in the caller's transaction and wakes the long-polls
-        (NOTIFY is delivered at commit); returns its ``evt_`` ID."""
-        event_id = ids.new_id("evt")
-        account = owner.account_id if owner is not None else account_id
-        await conn.execute(
-            INSERT_EVENT,
-            event_id,
-            account,
-            owner.pod_id if owner is not None else None,
-            owner.id if owner is not None and owner.kind == "inbox" else None,
-            owner.id if owner is not None and owner.kind == "mailbox" else None,
-            event_type,
-            orjson.dumps(data).decode(),
-        )
-        await conn.execute(NOTIFY_EVENTS, account)
-        return event_id
+        """Writes one event in the caller's transaction (``write_event``)."""
+        return await write_event(conn, owner, event_type, data, account_id=account_id)
 
     async def forget_spool(self, conn: asyncpg.Connection, spool_id: int) -> None:
         """Deletes an ingested spool row (in the ingest's transaction)."""
@@ -651,6 +790,37 @@ class MailStore:
             blobs = [r[0] for r in await conn.fetch(SELECT_THREAD_BLOBS, thread_id)]
             await conn.execute(DELETE_THREAD, account_id, thread_id)
             await conn.execute(DELETE_ORPHAN_BLOBS, blobs)
+
+
+async def write_event(
+    conn: asyncpg.Connection,
+    owner: Owner | None,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    account_id: str | None = None,
+) -> str:
+    """Writes one event in the caller's transaction and wakes the long-polls
+    (NOTIFY is delivered at commit); returns its ``evt_`` ID.
+
+    Args:
+        owner: the inbox or mailbox the event is about, or ``None`` for an
+            account-wide event (then ``account_id`` names the account).
+    """
+    event_id = ids.new_id("evt")
+    account = owner.account_id if owner is not None else account_id
+    await conn.execute(
+        INSERT_EVENT,
+        event_id,
+        account,
+        owner.pod_id if owner is not None else None,
+        owner.id if owner is not None and owner.kind == "inbox" else None,
+        owner.id if owner is not None and owner.kind == "mailbox" else None,
+        event_type,
+        orjson.dumps(data).decode(),
+    )
+    await conn.execute(NOTIFY_EVENTS, account)
+    return event_id
 
 
 def _attachment_of(row: Any) -> AttachmentMeta:

@@ -148,6 +148,7 @@ EXPECTED: dict[str, str] = {
     "AddressService/ReleaseAddress": _OPERATOR,
     "AddressService/SetDomainStatus": _OPERATOR,
     "AddressService/ForgetDomain": _OPERATOR,
+    "AddressService/SetMailboxPolicy": _OPERATOR,
     "EventService/ListEvents": _INBOX_READ,
     "WebhookService/CreateWebhook": "ok   ok   deny ok   ok   ok   ok   deny ok",
     "WebhookService/GetWebhook": _ACCOUNT_READ,
@@ -430,6 +431,16 @@ def _requests() -> dict[str, Request]:
         ),
         "AddressService/ForgetDomain": lambda w: _fixed(
             a.ForgetDomainRequest(name=f"{_name()}.example", account_id=w.account_id)
+        ),
+        "AddressService/SetMailboxPolicy": lambda w: _fixed(
+            a.SetMailboxPolicyRequest(
+                mailbox_id=f"mbx_{_ulid()}",
+                account_id=w.account_id,
+                pod_id=w.pod,
+                version=1,
+                status="active",
+                address=f"p-{_name()}@mailplane.test",
+            )
         ),
         "PodService/CreatePod": lambda w: _fixed(p.CreatePodRequest()),
         "PodService/GetPod": lambda w: _fixed(p.GetPodRequest(pod_id=w.pod)),
