@@ -311,7 +311,11 @@ class MailService:
         return False
 
     async def restore_thread(self, account_id: str, reach: Reach, thread_id: str) -> Thread:
-        """Takes a thread out of the trash."""
+        """Takes a thread out of the trash. A deleted mailbox's threads stay in it
+        (seed 004: its history is kept hidden): ``thread_not_found``."""
+        thread = await self.get_thread(account_id, reach, thread_id, with_messages=False)
+        if await self._store.owner(account_id, thread.owner_id) is None:
+            raise thread_not_found(thread_id)
         return await self.relabel_thread(account_id, reach, thread_id, [], ["trash"])
 
 

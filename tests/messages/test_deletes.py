@@ -127,6 +127,12 @@ async def test_deleting_a_mailbox_trashes_its_threads_and_keeps_them_hidden(
         f"/v1/agent/mailboxes/{mailbox['id']}/threads", headers=big_tenant.headers
     )
     assert gone.status_code == 404
+    # Its history stays in the trash: a restore is refused.
+    thread_id = await services.messages.pool.fetchval(
+        "SELECT id FROM threads WHERE owner_id = $1 LIMIT 1", mailbox["id"]
+    )
+    restored = await http.post(f"/v1/threads/{thread_id}/restore", headers=big_tenant.headers)
+    assert restored.status_code == 404 and restored.json()["error"] == "thread_not_found"
 
 
 async def test_a_domains_reception_changes_are_events(
