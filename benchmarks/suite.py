@@ -12,8 +12,16 @@ from separate load processes, so the load never shares the services' event loops
 - a second Python process for the floor: asyncpg single-row INSERTs, 16 in flight,
   into a scratch table in its own schema on the same PostgreSQL.
 
+- mail (DESIGN §7.3 goals), with the ``smtp`` and ``worker`` processes up and the
+  worker's DNS on a local zone: SMTP acceptance (``benchmarks.smtp_load``, 20
+  sessions, 4 KB) beside an aiosmtpd listener that discards and Postfix's
+  ``smtp-sink``; end to end for ``E2E_SECONDS`` (stored with its event, counted in
+  the database, beside what the edge accepted in the same window); the thread list
+  of an inbox seeded with 10,000 threads, first and deep page, beside the store's
+  query straight on asyncpg. ``MAILPLANE_BENCH_ONLY=mail`` runs only these.
+
 Each phase warms up (``WARM_UP_SECONDS``) and is measured for ``PHASE_SECONDS``;
-the whole run takes about a minute and a half. It prints one table (throughput in
+the whole run takes about four minutes. It prints one table (throughput in
 requests per second, p50 and p99 latency in milliseconds, error counts) with each
 figure beside its peer or floor and their ratio, then stops everything. Speed is
 reported, never asserted.
