@@ -56,9 +56,10 @@ bench: setup bench-tools ## one run of the suite as `make run` starts it, then i
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 		$(VENV_PY) -m pytest benchmarks -q -s -p no:randomly --basetemp="$$tmp/pytest"
 
-bench-tools: ## install the load generators `make bench` drives (wrk, h2load) if missing
-	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
-		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends wrk nghttp2-client; }
+bench-tools: ## install the load generators `make bench` drives (wrk, h2load, Postfix's smtp-sink) if missing
+	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v smtp-sink >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends wrk nghttp2-client postfix; }
 
 clean: ## remove the environment and generated code (keeps .mailplane/ data)
 	rm -rf .tools .venv $(PROTO_STAMP)

@@ -12,8 +12,16 @@ from separate load processes, so the load never shares the services' event loops
 - a second Python process for the floor: asyncpg single-row INSERTs, 16 in flight,
   into a scratch table in its own schema on the same PostgreSQL.
 
+- mail (DESIGN §7.3 goals), with the ``smtp`` and ``worker`` processes up and the
+  worker's DNS on a local zone: SMTP acceptance (``benchmarks.smtp_load``, 20
+  sessions, 4 KB) beside an aiosmtpd listener that discards and Postfix's
+  ``smtp-sink``; end to end for ``E2E_SECONDS`` (stored with its event, counted in
+  the database, beside what the edge accepted in the same window); the thread list
+  of an inbox seeded with 10,000 threads, first and deep page, beside the store's
+  query straight on asyncpg. ``MAILPLANE_BENCH_ONLY=mail`` runs only these.
+
 Each phase warms up (``WARM_UP_SECONDS``) and is measured for ``PHASE_SECONDS``;
-the whole run takes about a minute and a half. It prints one table (throughput in
+the whole run takes about four minutes. It prints one table (throughput in
 requests per second, p50 and p99 latency in milliseconds, error counts) with each
 figure beside its peer or floor and their ratio, then stops everything. Speed is
 reported, never asserted.
@@ -51,10 +59,13 @@ from typing import Any
 import asyncpg
 import grpc
 import httpx
+from dnslib import QTYPE, RR, TXT
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from deploy import settings as local_settings
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
+from services.messages.store import MailStore, Reach
 
 #: Seconds each phase is measured, and warmed up before.
 PHASE_SECONDS = 10
@@ -66,9 +77,20 @@ FLOOR_IN_FLIGHT = 16
 #: Seconds the suite may take to answer ``/readyz`` and write the dev key.
 START_TIMEOUT_SECONDS = 90.0
 POD_CLIENT_ID = "bench"
+#: The SMTP load (DESIGN §7.3 goals): sessions at once, message size in bytes, the
+#: load's sender domain, and seconds of the sustained end-to-end phase
+#: (``MAILPLANE_BENCH_E2E_SECONDS`` shortens it while iterating).
+SMTP_SESSIONS, SMTP_MESSAGE_BYTES = 20, 4096
+SENDER_DOMAIN = "load.example.com"
+E2E_SECONDS = int(os.environ.get("MAILPLANE_BENCH_E2E_SECONDS", "60"))
+#: Seconds the spool may take to drain after the end-to-end phase.
+DRAIN_SECONDS = 120.0
+#: Threads seeded in one inbox, and the clients listing them (one request in
+#: flight each, through the gateway; the floor runs the store's query with as many).
+THREADS, THREAD_CLIENTS = 10_000, 4
 #: Seconds after which wrk counts a request as timed out (an error).
 WRK_TIMEOUT_SECONDS = 10
-WRK = ["wrk", "-t1", f"-c{CONNECTIONS}", "--timeout", f"{WRK_TIMEOUT_SECONDS}s"]
+WRK = ["wrk", "-t1", "--timeout", f"{WRK_TIMEOUT_SECONDS}s"]
 
 #: The wrk script. Arguments: method, API key, body template with one ``%s`` (empty
 #: for no body), a prefix that makes the ``%s`` values unique to this wrk run. Its
@@ -167,6 +189,7 @@ class Suite:
         pods_addr: the pods service, ``127.0.0.1:<port>``.
         admin_dsn: the administrative DSN of the embedded PostgreSQL.
         internal_token: the service credential, for operator calls.
+        smtp_port: the MX listener's port on 127.0.0.1.
     """
 
     state: Path
@@ -174,6 +197,24 @@ class Suite:
     pods_addr: str
     admin_dsn: str
     internal_token: str
+    smtp_port: int
+
+
+class SenderZone(BaseResolver):  # type: ignore[misc]
+    """The DNS the worker checks senders against (``MAILPLANE_DNS_NAMESERVERS``): the
+    load's sender domain publishes SPF for 127.0.0.1, every other name has no
+    records. The bench measures Mailplane, not a resolver on the network."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        if name == SENDER_DOMAIN and QTYPE[request.q.qtype] == "TXT":
+            spf = TXT("v=spf1 ip4:127.0.0.1 -all")
+            reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=spf, ttl=300))
+        return reply
 
 
 def free_port() -> int:
@@ -196,18 +237,27 @@ def running_suite() -> Iterator[Suite]:
     """
     state = Path(tempfile.mkdtemp(prefix="mailplane-bench-"))
     gateway_port = free_port()
+    smtp_port = free_port()
     addrs = {
-        name: f"127.0.0.1:{free_port()}" for name in ("pods", "inboxes", "domains", "mailboxes")
+        name: f"127.0.0.1:{free_port()}"
+        for name in ("pods", "inboxes", "domains", "mailboxes", "messages")
     }
+    zone = SenderZone()
     env = {
         **os.environ,
         "MAILPLANE_STATE_DIR": str(state),
         "MAILPLANE_BIND_HOST": "127.0.0.1",
         "MAILPLANE_GATEWAY_PORT": str(gateway_port),
         **{f"MAILPLANE_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
+        "MAILPLANE_SMTP_INBOUND_ADDR": f"127.0.0.1:{smtp_port}",
+        "MAILPLANE_DNS_NAMESERVERS": f"127.0.0.1:{zone.port}",
     }
     env.pop("MAILPLANE_DATABASE_URL", None)  # always the embedded PostgreSQL of `state`
     log_path = state / "suite.log"
+    dns = DNSServer(
+        zone, port=zone.port, address="127.0.0.1", logger=DNSLogger(logf=lambda *_: None)
+    )
+    dns.start_thread()
     base_url = f"http://127.0.0.1:{gateway_port}"
     with log_path.open("wb") as log:
         launcher = subprocess.Popen(
@@ -226,8 +276,10 @@ def running_suite() -> Iterator[Suite]:
             pods_addr=addrs["pods"],
             admin_dsn=values["MAILPLANE_DATABASE_URL"],
             internal_token=values["MAILPLANE_INTERNAL_TOKEN"],
+            smtp_port=smtp_port,
         )
     finally:
+        dns.stop()
         launcher.send_signal(signal.SIGTERM)  # stops the services, then PostgreSQL
         try:
             launcher.wait(timeout=60)
@@ -269,8 +321,15 @@ def create_account(suite: Suite) -> str:
     return str(created.api_key)
 
 
-def run_wrk(name: str, url: str, key: str, method: str = "GET", template: str = "") -> Phase:
-    """Warms up, then measures ``url`` with wrk (1 thread, ``CONNECTIONS`` connections).
+def run_wrk(
+    name: str,
+    url: str,
+    key: str,
+    method: str = "GET",
+    template: str = "",
+    connections: int = CONNECTIONS,
+) -> Phase:
+    """Warms up, then measures ``url`` with wrk (1 thread, ``connections`` connections).
 
     Args:
         name: the row's name.
@@ -289,7 +348,7 @@ def run_wrk(name: str, url: str, key: str, method: str = "GET", template: str = 
         script.flush()
         run = secrets.token_hex(3)
         summaries = [
-            _wrk(script.name, url, seconds, method, key, template, f"b{run}{stage}")
+            _wrk(script.name, url, seconds, method, key, template, f"b{run}{stage}", connections)
             for stage, seconds in (("w", WARM_UP_SECONDS), ("m", PHASE_SECONDS))
         ]
     summary = summaries[-1]
@@ -310,10 +369,29 @@ def run_wrk(name: str, url: str, key: str, method: str = "GET", template: str = 
 
 
 def _wrk(
-    script: str, url: str, seconds: int, method: str, key: str, template: str, prefix: str
+    script: str,
+    url: str,
+    seconds: int,
+    method: str,
+    key: str,
+    template: str,
+    prefix: str,
+    connections: int,
 ) -> dict[str, Any]:
     out = subprocess.run(
-        [*WRK, f"-d{seconds}s", "-s", script, url, "--", method, key, template, prefix],
+        [
+            *WRK,
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            script,
+            url,
+            "--",
+            method,
+            key,
+            template,
+            prefix,
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -528,6 +606,247 @@ async def insert_floor(dsn: str) -> Phase:
     )
 
 
+# --- mail (DESIGN §7.3, §7.4 goals) -------------------------------------------------
+
+#: Received-message events of one inbox: each is committed with its stored message.
+COUNT_STORED = """
+SELECT count(*) FROM messages.events WHERE inbox_id = $1 AND type LIKE 'message.received%'
+"""
+COUNT_SPOOLED = "SELECT count(*) FROM messages.spool"
+
+
+def create_inbox(suite: Suite, key: str, username: str) -> dict[str, Any]:
+    """Creates an inbox on the shared domain (its route is claimed with it)."""
+    answer = httpx.post(
+        f"{suite.base_url}/v1/inboxes",
+        json={"username": username},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    answer.raise_for_status()
+    inbox: dict[str, Any] = answer.json()
+    return inbox
+
+
+def _smtp_command(port: int, to: str, seconds: float) -> list[str]:
+    return [
+        sys.executable,
+        *("-m", "benchmarks.smtp_load", "send", "--port", str(port), "--to", to),
+        *("--sessions", str(SMTP_SESSIONS), "--size", str(SMTP_MESSAGE_BYTES)),
+        *("--seconds", str(seconds), "--warm-up", str(WARM_UP_SECONDS)),
+    ]
+
+
+def _smtp_phase(name: str, figures: dict[str, Any]) -> Phase:
+    refused: dict[str, int] = figures["refused"]
+    return Phase(
+        name=name,
+        requests=figures["accepted"],
+        seconds=figures["seconds"],
+        p50_ms=figures["p50_ms"],
+        p99_ms=figures["p99_ms"],
+        errors=sum(refused.values()),
+        error_kinds=", ".join(f"SMTP {code} x{n}" for code, n in sorted(refused.items())),
+    )
+
+
+def run_smtp(name: str, port: int, to: str) -> Phase:
+    """Measures SMTP acceptance on ``127.0.0.1:port`` with ``benchmarks.smtp_load``
+    (``SMTP_SESSIONS`` sessions, ``SMTP_MESSAGE_BYTES``-byte messages); latency is
+    from the end of DATA to the final reply."""
+    out = subprocess.run(
+        _smtp_command(port, to, PHASE_SECONDS), check=True, capture_output=True, text=True
+    ).stdout
+    return _smtp_phase(name, json.loads(out))
+
+
+@contextmanager
+def smtp_floor(kind: str) -> Iterator[int]:
+    """A discarding SMTP listener: ``aiosmtpd`` (``benchmarks.smtp_load sink``) or
+    Postfix's ``smtp-sink``; yields its port."""
+    port = free_port()
+    if kind == "aiosmtpd":
+        command = [sys.executable, "-m", "benchmarks.smtp_load", "sink", "--port", str(port)]
+    else:
+        command = ["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1000"]
+    sink = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            if time.monotonic() > deadline or sink.poll() is not None:
+                raise RuntimeError(f"{kind} did not listen on {port}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """The sustained phase: accepted at the edge and stored (with its event) by the
+    worker over the same window, and the spool left behind."""
+
+    accepted: Phase
+    stored: int
+    seconds: float
+    backlog: int
+
+    @property
+    def rate(self) -> float:
+        """Messages stored, with their event, per second of the window."""
+        return self.stored / self.seconds
+
+
+def run_end_to_end(suite: Suite, inbox: dict[str, Any]) -> EndToEnd:
+    """Sends for ``E2E_SECONDS`` while counting what the worker stores."""
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(suite.admin_dsn)
+        try:
+            return int(await conn.fetchval(COUNT_STORED, inbox["id"]))
+        finally:
+            await conn.close()
+
+    async def spooled() -> int:
+        conn = await asyncpg.connect(suite.admin_dsn)
+        try:
+            return int(await conn.fetchval(COUNT_SPOOLED))
+        finally:
+            await conn.close()
+
+    load = subprocess.Popen(
+        _smtp_command(suite.smtp_port, inbox["email"], E2E_SECONDS),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(WARM_UP_SECONDS)
+    before = asyncio.run(stored())
+    started = time.monotonic()
+    time.sleep(E2E_SECONDS)
+    after = asyncio.run(stored())
+    seconds = time.monotonic() - started
+    out, _ = load.communicate(timeout=60)
+    backlog = asyncio.run(spooled())
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while asyncio.run(spooled()) and time.monotonic() < deadline:
+        time.sleep(1)
+    accepted = _smtp_phase(f"SMTP accept, sustained {E2E_SECONDS} s", json.loads(out))
+    return EndToEnd(accepted, after - before, seconds, backlog)
+
+
+async def seed_threads(suite: Suite, inbox: dict[str, Any], account_id: str) -> None:
+    """Writes ``THREADS`` threads of one inbox straight into the messages schema,
+    one minute apart."""
+    conn = await asyncpg.connect(suite.admin_dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO messages.threads (id, account_id, pod_id, owner_id, subject, labels,
+                preview, message_count, senders, recipients, last_message_at)
+            SELECT 'thr_bench' || lpad(g::text, 8, '0'), $1, $2, $3, 'Quote ' || g,
+                '{received,unread}', 'Hello, could you send us a quote?', 1,
+                ARRAY['ada@example.com'], ARRAY[$4], now() - g * interval '1 minute'
+            FROM generate_series(1, $5::int) g
+            """,
+            account_id,
+            inbox["podId"],
+            inbox["id"],
+            inbox["email"],
+            THREADS,
+        )
+        await conn.execute("ANALYZE messages.threads")
+    finally:
+        await conn.close()
+
+
+def deep_page_token(suite: Suite, key: str, inbox_id: str, depth: int) -> str:
+    """The pageToken of the page that starts after ``depth`` threads."""
+    token = ""
+    for _ in range(depth // 100):
+        page = httpx.get(
+            f"{suite.base_url}/v1/inboxes/{inbox_id}/threads",
+            params={"pageSize": 100, **({"pageToken": token} if token else {})},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        page.raise_for_status()
+        token = page.json()["nextPageToken"]
+    return token
+
+
+def run_thread_floor(suite: Suite, account_id: str, inbox_id: str, deep: bool) -> Phase:
+    """Measures the store's thread-list query in a separate process."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "benchmarks.suite", "thread-floor", suite.admin_dsn, account_id, inbox_id),
+            *(["--deep"] if deep else []),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return Phase(**json.loads(out))
+
+
+async def thread_floor(dsn: str, account_id: str, inbox_id: str, deep: bool) -> Phase:
+    """``MailStore.list_threads`` straight on asyncpg (no gRPC, no gateway), with
+    ``THREAD_CLIENTS`` calls in flight, for the default page size (50).
+
+    Args:
+        deep: start after half the threads, as a deep pageToken does.
+    """
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=THREAD_CLIENTS,
+        max_size=THREAD_CLIENTS,
+        server_settings={"search_path": "messages"},
+    )
+    store = MailStore(pool)
+    reach = Reach(owner_ids=(inbox_id,))
+    resume = None
+    if deep:
+        row = await pool.fetchrow(
+            "SELECT last_message_at, id FROM threads WHERE owner_id = $1"
+            " ORDER BY last_message_at DESC, id DESC OFFSET $2 LIMIT 1",
+            inbox_id,
+            THREADS // 2,
+        )
+        resume = [row["last_message_at"].isoformat(), row["id"]]
+    loop = asyncio.get_running_loop()
+    measure_from = loop.time() + WARM_UP_SECONDS
+    stop_at = measure_from + PHASE_SECONDS
+    latencies: list[float] = []
+
+    async def client() -> None:
+        while (started := loop.time()) < stop_at:
+            t0 = time.perf_counter()
+            page = await store.list_threads(
+                account_id, reach, [], ["spam", "trash"], None, resume, 50
+            )
+            assert len(page.items) == 50
+            if started >= measure_from:
+                latencies.append(time.perf_counter() - t0)
+
+    try:
+        await asyncio.gather(*(client() for _ in range(THREAD_CLIENTS)))
+    finally:
+        await pool.close()
+    q = statistics.quantiles(latencies, n=100)
+    return Phase(
+        name=f"store query, {'deep page' if deep else 'first page'} ({THREAD_CLIENTS} in flight)",
+        requests=len(latencies),
+        seconds=float(PHASE_SECONDS),
+        p50_ms=q[49] * 1000,
+        p99_ms=q[98] * 1000,
+        errors=0,
+    )
+
+
 def _row(phase: Phase, beside: str = "") -> str:
     if phase.errors:
         beside = f"{beside}; errors: {phase.error_kinds}"
@@ -575,11 +894,125 @@ def table(
     )
 
 
+@dataclass(frozen=True)
+class MailFigures:
+    """The mail phases of one run."""
+
+    accept: Phase
+    aiosmtpd_floor: Phase
+    postfix_sink: Phase | None
+    end_to_end: EndToEnd
+    threads_first: Phase
+    threads_deep: Phase
+    floor_first: Phase
+    floor_deep: Phase
+
+
+def mail_table(mail: MailFigures) -> str:
+    """Returns the mail report: each figure beside its goal and its floor or peer."""
+    accept, e2e = mail.accept, mail.end_to_end
+    header = f"{'phase':<42} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  beside"
+    peer = mail.postfix_sink
+    rows = [
+        f"\nMail: {SMTP_SESSIONS} SMTP sessions (one connection each, reused), "
+        f"{SMTP_MESSAGE_BYTES} B messages, latency = end of DATA → final reply; "
+        f"thread lists: {THREAD_CLIENTS} clients, {THREADS:,} threads in one inbox",
+        header,
+        "-" * len(header),
+        _row(
+            accept,
+            f"goal ≥ 400/s, p99 ≤ 100 ms; ÷ aiosmtpd discard = "
+            f"{accept.rate / mail.aiosmtpd_floor.rate:.2f}"
+            + (f"; ÷ smtp-sink = {accept.rate / peer.rate:.2f}" if peer else ""),
+        ),
+        _row(mail.aiosmtpd_floor, "floor: the edge's library and loop, no database"),
+        *([_row(peer, "peer: Postfix's protocol-only sink (C)")] if peer else []),
+        _row(
+            e2e.accepted,
+            f"same window: stored with event {e2e.rate:,.0f}/s (goal ≥ 300/s), "
+            f"stored ÷ accepted = {e2e.rate / e2e.accepted.rate:.2f}, "
+            f"spool left {e2e.backlog:,}",
+        ),
+        _row(
+            mail.threads_first,
+            f"goal p99 ≤ 50 ms; p99 ÷ store query = "
+            f"{mail.threads_first.p99_ms / mail.floor_first.p99_ms:.1f}x",
+        ),
+        _row(mail.floor_first, "floor of the first page"),
+        _row(
+            mail.threads_deep,
+            f"goal p99 ≤ 50 ms; p99 ÷ store query = "
+            f"{mail.threads_deep.p99_ms / mail.floor_deep.p99_ms:.1f}x",
+        ),
+        _row(mail.floor_deep, "floor of the deep page"),
+        "",
+    ]
+    return "\n".join(rows)
+
+
+def run_mail(suite: Suite, key: str) -> MailFigures:
+    """Measures the mail phases on the running suite (the worker ingests meanwhile)."""
+    loaded = create_inbox(suite, key, "load")
+    accept = run_smtp("SMTP accept → spool (250 after commit)", suite.smtp_port, loaded["email"])
+    _drain(suite)
+    with smtp_floor("aiosmtpd") as port:
+        aiosmtpd_floor = run_smtp("aiosmtpd discard (no database)", port, loaded["email"])
+    postfix_sink = None
+    if shutil.which("smtp-sink"):
+        with smtp_floor("smtp-sink") as port:
+            postfix_sink = run_smtp("Postfix smtp-sink", port, loaded["email"])
+    end_to_end = run_end_to_end(suite, loaded)
+    listed = create_inbox(suite, key, "threads")
+    account_id = httpx.get(
+        f"{suite.base_url}/v1/account", headers={"Authorization": f"Bearer {key}"}
+    ).json()["id"]
+    asyncio.run(seed_threads(suite, listed, account_id))
+    url = f"{suite.base_url}/v1/inboxes/{listed['id']}/threads"
+    threads_first = run_wrk(
+        "REST GET /v1/inboxes/{id}/threads", url, key, connections=THREAD_CLIENTS
+    )
+    token = deep_page_token(suite, key, listed["id"], THREADS // 2)
+    threads_deep = run_wrk(
+        f"  … pageToken after {THREADS // 2:,}",
+        f"{url}?pageToken={token}",
+        key,
+        connections=THREAD_CLIENTS,
+    )
+    return MailFigures(
+        accept=accept,
+        aiosmtpd_floor=aiosmtpd_floor,
+        postfix_sink=postfix_sink,
+        end_to_end=end_to_end,
+        threads_first=threads_first,
+        threads_deep=threads_deep,
+        floor_first=run_thread_floor(suite, account_id, listed["id"], deep=False),
+        floor_deep=run_thread_floor(suite, account_id, listed["id"], deep=True),
+    )
+
+
+def _drain(suite: Suite) -> None:
+    async def spooled() -> int:
+        conn = await asyncpg.connect(suite.admin_dsn)
+        try:
+            return int(await conn.fetchval(COUNT_SPOOLED))
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while asyncio.run(spooled()) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def run() -> None:
     """Starts the suite, measures every phase, prints the table, stops the suite."""
     load_average = os.getloadavg()[0]
+    only_mail = os.environ.get("MAILPLANE_BENCH_ONLY") == "mail"
     with running_suite() as suite:
         key = create_account(suite)
+        mail = run_mail(suite, key)
+        if only_mail:
+            sys.stdout.write(mail_table(mail))
+            return
         pod = httpx.post(
             f"{suite.base_url}/v1/pods",
             json={"clientId": POD_CLIENT_ID},
@@ -592,7 +1025,7 @@ def run() -> None:
             "REST GET /v1/pods/{pod}", f"{suite.base_url}/v1/pods/{POD_CLIENT_ID}", key
         )
         grpc_get = run_h2load("gRPC PodService/GetPod (direct)", suite, key, body, reply_size)
-        create_inbox = run_wrk(
+        created = run_wrk(
             "REST POST /v1/inboxes (new address)",
             f"{suite.base_url}/v1/inboxes",
             key,
@@ -603,7 +1036,8 @@ def run() -> None:
             "REST POST /v1/pods", f"{suite.base_url}/v1/pods", key, "POST", '{"clientId": "%s"}'
         )
         floor = run_insert_floor(suite)
-    sys.stdout.write(table(rest_get, grpc_get, create_inbox, create_pod, floor, load_average))
+    sys.stdout.write(table(rest_get, grpc_get, created, create_pod, floor, load_average))
+    sys.stdout.write(mail_table(mail))
 
 
 def main() -> None:
@@ -613,8 +1047,16 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command")
     floor = commands.add_parser("insert-floor", help="measure the INSERT floor; print JSON")
     floor.add_argument("dsn")
+    threads = commands.add_parser("thread-floor", help="measure the thread query; print JSON")
+    threads.add_argument("dsn")
+    threads.add_argument("account_id")
+    threads.add_argument("inbox_id")
+    threads.add_argument("--deep", action="store_true")
     args = parser.parse_args()
-    if args.command == "insert-floor":
+    if args.command == "thread-floor":
+        phase = asyncio.run(thread_floor(args.dsn, args.account_id, args.inbox_id, args.deep))
+        sys.stdout.write(json.dumps(phase.__dict__) + "\n")
+    elif args.command == "insert-floor":
         phase = asyncio.run(insert_floor(args.dsn))
         sys.stdout.write(json.dumps(phase.__dict__) + "\n")
     else:

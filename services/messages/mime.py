@@ -17,9 +17,10 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from itertools import chain
 from typing import Any
 
-from mailparser_reply import EmailReplyParser
+from mailparser_reply.parser import EmailMessage as ReplyText
 
 #: Characters of ``preview``.
 PREVIEW_CHARS = 200
@@ -28,7 +29,11 @@ MAX_HEADER_CHARS = 16_384
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
-_reply_parser = EmailReplyParser(languages=["en", "de", "fr", "es", "it", "nl", "pt"])
+#: Languages of the reply headers (``On … wrote:``) that start quoted history.
+REPLY_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pt")
+#: mail-parser-reply's pattern of those headers, built once (the library builds it,
+#: and a signature and a disclaimer pattern, for every message).
+_REPLY_HEADERS = ReplyText(text="", languages=list(REPLY_LANGUAGES)).HEADER_REGEX
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,10 @@ def parse(raw: bytes) -> Parsed:
     message: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)  # type: ignore[assignment]
     ids = _ids(_header(message, "Message-ID"))
     message_id = ids[0] if ids else f"<sha256.{digest.hex()[:32]}@mailplane.invalid>"
-    text, html = _body(message, "plain"), _body(message, "html")
+    # The body parts are found once: ``get_body`` walks the message and parses
+    # every part's Content-Type again on each call.
+    text_part, html_part = _body_part(message, "plain"), _body_part(message, "html")
+    text, html = _body(message, "plain", text_part), _body(message, "html", html_part)
     plain = text if text is not None else (_html_text(html) if html is not None else "")
     return Parsed(
         message_id=message_id,
@@ -107,7 +115,7 @@ def parse(raw: bytes) -> Parsed:
         html=html,
         preview=_one_line(plain)[:PREVIEW_CHARS],
         extracted_text=_extract(plain),
-        attachments=_attachments(message),
+        attachments=_attachments(message, text_part, html_part),
         auto_submitted=_automatic(message),
         sha256=digest,
         size=len(raw),
@@ -152,8 +160,7 @@ def _body_part(message: EmailMessage, subtype: str) -> Any:
         return None
 
 
-def _body(message: EmailMessage, subtype: str) -> str | None:
-    part = _body_part(message, subtype)
+def _body(message: EmailMessage, subtype: str, part: Any) -> str | None:
     if part is None:
         return _fallback_text(message, subtype) if not message.is_multipart() else None
     try:
@@ -181,9 +188,27 @@ def _extract(text: str) -> str:
     if not text:
         return ""
     try:
-        return str(_reply_parser.parse_reply(text=text)).strip()
+        return latest_reply(text)
     except Exception:
         return text.strip()
+
+
+def latest_reply(text: str) -> str:
+    """The text before the first reply header, as
+    ``EmailReplyParser(languages=REPLY_LANGUAGES).parse_reply(text)`` answers it
+    (its ``EmailMessage.read`` up to the first non-empty reply), without the
+    signature and disclaimer searches whose results ``parse_reply`` drops: they
+    cost as much as the header search itself."""
+    body = ReplyText(text=text, languages=list(REPLY_LANGUAGES)).text  # normalized
+    headers = [h for h in chain.from_iterable(_REPLY_HEADERS.findall(body)) if h]
+    current = 0
+    for header in headers:
+        position = body.find(header, current + 1 if current > 0 else current)
+        content = body[current:position].strip()
+        current = position if position >= 0 else 0
+        if content:
+            return content
+    return body[current:].strip()
 
 
 def _leaves(part: Any) -> list[Any]:
@@ -193,10 +218,10 @@ def _leaves(part: Any) -> list[Any]:
     return [part]
 
 
-def _attachments(message: EmailMessage) -> list[Part]:
-    """Every part that is not the text or HTML body: attachments, inline images of
-    a multipart/related HTML body, attached messages."""
-    bodies = {id(p) for p in (_body_part(message, "plain"), _body_part(message, "html")) if p}
+def _attachments(message: EmailMessage, text_part: Any, html_part: Any) -> list[Part]:
+    """Every part that is not the text or HTML body (``text_part``, ``html_part``):
+    attachments, inline images of a multipart/related HTML body, attached messages."""
+    bodies = {id(p) for p in (text_part, html_part) if p}
     parts = []
     try:
         leaves = _leaves(message) if message.is_multipart() else []
