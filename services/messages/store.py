@@ -308,17 +308,43 @@ WHERE m.thread_id = $1
 """
 
 
-def _reach_sql(reach: Reach, first: int) -> tuple[str, list[Any]]:
-    """SQL conditions (``AND …``) and their arguments, numbered from ``$first``."""
-    parts: list[str] = []
-    args: list[Any] = []
-    if reach.pod_id is not None:
-        args.append(reach.pod_id)
-        parts.append(f" AND pod_id = ${first + len(args) - 1}")
-    if reach.owner_ids is not None:
-        args.append(list(reach.owner_ids))
-        parts.append(f" AND owner_id = ANY(${first + len(args) - 1}::text[])")
-    return "".join(parts), args
+class _Where:
+    """A WHERE clause built from fixed SQL fragments, only for the filters given,
+    so each shape of a listing is its own prepared statement and the planner sees
+    plain equalities (one owner: the owner's index, in order) rather than
+    ``$n IS NULL OR …`` that a generic plan cannot use."""
+
+    def __init__(self, account_id: str):
+        self.parts = ["account_id = $1"]
+        self.args: list[Any] = [account_id]
+
+    def add(self, fragment: str, *values: Any) -> None:
+        """Adds ``fragment`` with ``{}`` for each value's parameter."""
+        first = len(self.args) + 1
+        self.args.extend(values)
+        self.parts.append(fragment.format(*(f"${first + i}" for i in range(len(values)))))
+
+    def reach(self, reach: Reach) -> None:
+        """Narrows to the caller's pod or owners."""
+        if reach.pod_id is not None:
+            self.add("pod_id = {}", reach.pod_id)
+        if reach.owner_ids is not None:
+            if len(reach.owner_ids) == 1:
+                self.add("owner_id = {}", reach.owner_ids[0])
+            else:
+                self.add("owner_id = ANY({}::text[])", list(reach.owner_ids))
+
+    def labels(self, labels: Sequence[str], hidden: Sequence[str]) -> None:
+        """Every one of ``labels``, none of ``hidden``."""
+        if labels:
+            self.add("labels @> {}::text[]", list(labels))
+        if hidden:
+            self.add("NOT labels && {}::text[]", list(hidden))
+
+    @property
+    def sql(self) -> str:
+        """The conditions joined with AND."""
+        return " AND ".join(self.parts)
 
 
 class MailStore:
@@ -656,20 +682,22 @@ class MailStore:
         limit: int,
     ) -> Page[Message]:
         """A page of messages newest first (keyset on ``created_at, id``)."""
-        where, args = _reach_sql(reach, 2)
-        n = 2 + len(args)
+        where = _Where(account_id)
+        where.reach(reach)
+        where.labels(labels, hidden)
+        if before is not None:
+            where.add("created_at < {}", before)
+        if after is not None:
+            where.add("created_at > {}", after)
+        if resume:
+            where.add(
+                "(created_at, id) < ({}, {}::text)", datetime.fromisoformat(resume[0]), resume[1]
+            )
         sql = (
-            f"SELECT {_MESSAGE_LIST_COLUMNS} FROM messages WHERE account_id = $1{where}"
-            f" AND labels @> ${n}::text[] AND NOT labels && ${n + 1}::text[]"
-            f" AND (${n + 2}::timestamptz IS NULL OR created_at < ${n + 2})"
-            f" AND (${n + 3}::timestamptz IS NULL OR created_at > ${n + 3})"
-            f" AND (${n + 4}::timestamptz IS NULL OR (created_at, id) < (${n + 4}, ${n + 5}::text))"
-            f" ORDER BY created_at DESC, id DESC LIMIT ${n + 6}"
+            f"SELECT {_MESSAGE_LIST_COLUMNS} FROM messages WHERE {where.sql}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(where.args) + 1}"
         )
-        at, last = (datetime.fromisoformat(resume[0]), resume[1]) if resume else (None, None)
-        rows = await self._pool.fetch(
-            sql, account_id, *args, list(labels), list(hidden), before, after, at, last, limit + 1
-        )
+        rows = await self._pool.fetch(sql, *where.args, limit + 1)
         messages = [message_of(r) for r in rows]
         await self._attach(messages)
         return page_of(messages, limit, lambda m: [m.created_at.isoformat(), m.id])
@@ -743,20 +771,22 @@ class MailStore:
         limit: int,
     ) -> Page[Thread]:
         """A page of threads, latest activity first (keyset on ``last_message_at, id``)."""
-        where, args = _reach_sql(reach, 2)
-        n = 2 + len(args)
+        where = _Where(account_id)
+        where.reach(reach)
+        where.labels(labels, hidden)
+        if folder_id is not None:
+            where.add("folder_id = {}", folder_id)
+        if resume:
+            where.add(
+                "(last_message_at, id) < ({}, {}::text)",
+                datetime.fromisoformat(resume[0]),
+                resume[1],
+            )
         sql = (
-            f"SELECT {_THREAD_COLUMNS} FROM threads WHERE account_id = $1{where}"
-            f" AND labels @> ${n}::text[] AND NOT labels && ${n + 1}::text[]"
-            f" AND (${n + 2}::text IS NULL OR folder_id = ${n + 2})"
-            f" AND (${n + 3}::timestamptz IS NULL"
-            f"      OR (last_message_at, id) < (${n + 3}, ${n + 4}::text))"
-            f" ORDER BY last_message_at DESC, id DESC LIMIT ${n + 5}"
+            f"SELECT {_THREAD_COLUMNS} FROM threads WHERE {where.sql}"
+            f" ORDER BY last_message_at DESC, id DESC LIMIT ${len(where.args) + 1}"
         )
-        at, last = (datetime.fromisoformat(resume[0]), resume[1]) if resume else (None, None)
-        rows = await self._pool.fetch(
-            sql, account_id, *args, list(labels), list(hidden), folder_id, at, last, limit + 1
-        )
+        rows = await self._pool.fetch(sql, *where.args, limit + 1)
         return page_of(
             [thread_of(r) for r in rows], limit, lambda t: [t.last_message_at.isoformat(), t.id]
         )

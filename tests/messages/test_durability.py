@@ -183,7 +183,8 @@ async def test_kill_9_of_edge_and_worker_loses_no_accepted_message_and_stores_no
         await wait_for(lambda: _true(len(load.accepted) >= KILL_EDGE_AT), 20, "the first 250s")
         edge.kill()
         accepted_at_edge_kill = len(load.accepted)
-        await asyncio.sleep(0.3)
+        # Down until the senders have felt it (a reset or a refused connection).
+        await wait_for(lambda: _true(load.interrupted > 0), 10, "a sender to see the edge gone")
         edge.start()
         await wait_listening(host, port)
 
