@@ -14,7 +14,6 @@ nobody, so they are taken again, and the per-owner dedupe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -31,6 +30,8 @@ _log = get_logger("mailplane.ingest")
 BATCH = 20
 #: Seconds between polls when no NOTIFY arrives (a safety net; NOTIFY wakes it first).
 IDLE_POLL = 1.0
+#: Drains side by side in one worker process.
+LOOPS = 2
 
 #: Computes SPF/DKIM/DMARC of a message: ``(raw, client_ip, helo, mail_from) → results``.
 Authenticator = Callable[[bytes, str, str, str], Awaitable[dict[str, str]]]
@@ -153,26 +154,43 @@ class Ingest:
             reply = auto_reply(policy, parsed, to, self._hostname)
             await self._store.store_queued(conn, owner, message.thread_id, mime.parse(reply), reply)
 
-    async def run_forever(self, listen_dsn: str) -> None:
+    async def run_forever(self, listen_dsn: str, loops: int = LOOPS) -> None:
         """Ingests until cancelled, woken by ``NOTIFY mailplane_spool`` (and a poll
-        every ``IDLE_POLL`` seconds); survives database outages by retrying."""
+        every ``IDLE_POLL`` seconds); survives database outages by retrying.
+
+        ``loops`` drains run side by side, each with its own connection and batch
+        (SKIP LOCKED keeps their batches apart), so one parses while another
+        waits on the database.
+        """
         wake = asyncio.Event()
         listener: asyncpg.Connection | None = None
+        drains = [asyncio.create_task(self._drain(wake)) for _ in range(loops)]
+        try:
+            while True:
+                try:
+                    if listener is None or listener.is_closed():
+                        listener = await asyncpg.connect(listen_dsn)
+                        await listener.add_listener("mailplane_spool", lambda *_: wake.set())
+                    await asyncio.sleep(IDLE_POLL)
+                    wake.set()  # the safety net: a lost NOTIFY waits at most this long
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                    _log.warning("ingest_listener_waiting_for_database", exc_info=True)
+                    listener = None
+        finally:
+            for task in drains:
+                task.cancel()
+            await asyncio.gather(*drains, return_exceptions=True)
+            if listener is not None:
+                await listener.close()
+
+    async def _drain(self, wake: asyncio.Event) -> None:
+        """One drain: batch after batch while the spool is full, then waits."""
         while True:
             try:
-                if listener is None or listener.is_closed():
-                    listener = await asyncpg.connect(listen_dsn)
-                    await listener.add_listener("mailplane_spool", lambda *_: wake.set())
-                wake.clear()
+                wake.clear()  # a NOTIFY during the batch sets it again: no wait then
                 if await self.run_once() == BATCH:
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), IDLE_POLL)
-            except asyncio.CancelledError:
-                if listener is not None:
-                    await listener.close()
-                raise
+                await wake.wait()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
                 _log.warning("ingest_waiting_for_database", exc_info=True)
-                listener = None
                 await asyncio.sleep(1.0)
