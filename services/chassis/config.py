@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     smtp_inbound_addr: str = "127.0.0.1:2525"
     #: The largest message the SMTP edge accepts, in bytes (advertised with SIZE).
     max_message_bytes: int = 25 * 1024 * 1024
+    #: Messages waiting in the spool beyond which the SMTP edge answers RCPT with
+    #: ``452 4.3.1`` until the workers catch up; 0 turns the check off.
+    spool_high_water: int = 5000
     #: Days a deleted inbox's address stays reserved for its pod (DESIGN §7.2).
     address_reclaim_days: int = 30
     #: Whether webhooks may target loopback and private addresses (DESIGN §7.1).

@@ -51,6 +51,7 @@ async def smtp(settings: Settings) -> None:
             int(port),
             settings.max_message_bytes,
             settings.mail_host,
+            settings.spool_high_water,
         )
 
         async def finish() -> None:

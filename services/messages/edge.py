@@ -47,6 +47,9 @@ RATE_LIMITED = (
     " from being delivered; try again later"
 )
 TOO_MANY = "452 4.5.3 Too many recipients"
+BACKED_UP = "452 4.3.1 Too much mail is waiting to be filed; try again later"
+#: Seconds between two reads of the spool's backlog.
+BACKLOG_SECONDS = 0.5
 BAD_ADDRESS = "501 5.1.3 Bad recipient address syntax"
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -106,17 +109,47 @@ def route_of(lookup: Lookup, rows: Sequence[Any], shared_domain: str) -> Owner |
     return ""  # no route: the caller tells unknown from relay
 
 
+class Backlog:
+    """Whether the spool holds more than ``high_water`` messages not yet ingested,
+    read at most every ``BACKLOG_SECONDS`` with one bounded count, so the edge
+    stops taking mail (``452 4.3.1``, RFC 5321 §4.5.3.1.10: senders retry later)
+    instead of letting the spool grow without bound when the workers fall behind.
+
+    Args:
+        store: the mail store.
+        high_water: spooled messages beyond which RCPT answers 452; 0 never.
+    """
+
+    def __init__(self, store: MailStore, high_water: int):
+        self._store = store
+        self._high_water = high_water
+        self._full = False
+        self._read_at = -BACKLOG_SECONDS
+
+    async def full(self) -> bool:
+        """Whether the spool is over its high-water mark (as last read)."""
+        if self._high_water <= 0:
+            return False
+        now = asyncio.get_running_loop().time()
+        if now - self._read_at >= BACKLOG_SECONDS:
+            self._read_at = now
+            self._full = await self._store.spooled_beyond(self._high_water)
+        return self._full
+
+
 class InboundHandler:
     """aiosmtpd handler of the MX listener.
 
     Args:
         store: the mail store (routes and spool).
         shared_domain: the platform's own domain (DESIGN §1).
+        backlog: the spool's high-water check.
     """
 
-    def __init__(self, store: MailStore, shared_domain: str):
+    def __init__(self, store: MailStore, shared_domain: str, backlog: Backlog):
         self._store = store
         self._shared = shared_domain
+        self._backlog = backlog
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -128,6 +161,8 @@ class InboundHandler:
         if lookup is None:
             return BAD_ADDRESS
         try:
+            if await self._backlog.full():
+                return BACKED_UP
             rows = await self._store.routes(lookup.candidates)
             choice = route_of(lookup, rows, self._shared)
             if choice == "":
@@ -182,15 +217,22 @@ class InboundHandler:
 
 
 async def serve_inbound(
-    store: MailStore, shared_domain: str, host: str, port: int, max_bytes: int, hostname: str
+    store: MailStore,
+    shared_domain: str,
+    host: str,
+    port: int,
+    max_bytes: int,
+    hostname: str,
+    high_water: int = 0,
 ) -> asyncio.AbstractServer:
     """Starts the MX listener on ``host:port`` in the running loop; returns the server.
 
     Args:
         max_bytes: the largest message accepted (advertised with SIZE).
         hostname: the name the listener greets with.
+        high_water: spooled messages beyond which RCPT answers 452 (0: never).
     """
-    handler = InboundHandler(store, shared_domain)
+    handler = InboundHandler(store, shared_domain, Backlog(store, high_water))
     loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:

@@ -131,6 +131,7 @@ FORGET_OLD_COUNTS = """
 DELETE FROM inbound_counts
 WHERE owner_id = ANY($1::text[]) AND minute <= now() - interval '1 hour'
 """
+SPOOLED_BEYOND = "SELECT count(*) > $1 FROM (SELECT 1 FROM spool LIMIT $1 + 1) AS s"
 SELECT_OUR_DOMAIN = """
 SELECT EXISTS (SELECT 1 FROM domains WHERE name = $1)
     OR EXISTS (SELECT 1 FROM routes WHERE domain = $1)
@@ -367,6 +368,11 @@ class MailStore:
     async def routes(self, addresses: Sequence[str]) -> list[asyncpg.Record]:
         """Returns the route rows of ``addresses`` (lower case) with ``domain_ok``."""
         return list(await self._pool.fetch(SELECT_ROUTES, list(addresses)))
+
+    async def spooled_beyond(self, count: int) -> bool:
+        """Whether the spool holds more than ``count`` messages (reads at most
+        ``count + 1`` index entries)."""
+        return bool(await self._pool.fetchval(SPOOLED_BEYOND, count))
 
     async def is_our_domain(self, domain: str) -> bool:
         """Whether ``domain`` is a custom domain some account added (or routes to)."""

@@ -3,6 +3,7 @@ the ingest worker, and reading through the real gateway and services."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from email.message import EmailMessage
 from typing import Any
@@ -292,3 +293,32 @@ async def test_a_sender_that_passes_spf_is_not_labelled_unauthenticated(
         "SELECT type FROM events WHERE account_id = $1", tenant.account_id
     )
     assert event == "message.received"
+
+
+async def test_a_spool_past_its_high_water_mark_answers_452_until_drained(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    await drain(ingest)
+    port = free_port()
+    guarded = await serve_inbound(
+        MailStore(services.messages.pool), SHARED, "127.0.0.1", port, 100_000, "mx.test", 2
+    )
+    try:
+        for _ in range(3):  # the workers fall behind: three wait in the spool
+            await send(edge, message(inbox["email"]), [inbox["email"]])
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as full:
+            await send(("127.0.0.1", port), message(inbox["email"]), [inbox["email"]])
+        ((code, text),) = [(e.code, e.message) for e in full.value.recipients]
+        assert code == 452 and "4.3.1" in text
+        await drain(ingest)
+        await asyncio.sleep(0.6)  # the edge reads the backlog again
+        refused, _ = await send(("127.0.0.1", port), message(inbox["email"]), [inbox["email"]])
+        assert refused == {}
+    finally:
+        guarded.close()
+        await guarded.wait_closed()
