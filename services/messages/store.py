@@ -159,7 +159,12 @@ DELETE_SPOOL = "DELETE FROM spool WHERE id = $1"
 INSERT_BLOB = """
 INSERT INTO blobs (sha256, size, data) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING
 """
-SELECT_DUPLICATE = """
+#: Stores the raw bytes (once) and finds the owner's copy of the same message, if
+#: any: one round trip.
+BLOB_AND_DUPLICATE = """
+WITH blob AS (
+    INSERT INTO blobs (sha256, size, data) VALUES ($3, $4, $5) ON CONFLICT (sha256) DO NOTHING
+)
 SELECT id FROM messages WHERE owner_id = $1 AND rfc_message_id = $2 AND raw_sha256 = $3
 """
 #: The thread of the first of ``$2`` (In-Reply-To, then References newest first, then
@@ -204,13 +209,14 @@ INSERT INTO attachments (id, message_id, position, filename, content_type, size,
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::int[],
     $7::text[], $8::text[], $9::bytea[])
 """
-INSERT_REFS = """
-INSERT INTO message_refs (owner_id, rfc_message_id, thread_id)
-SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING
-"""
-#: Adds one message to its thread's aggregates.
+#: Records the message's IDs for threading ($7 owner, $8 IDs) and adds the message
+#: to its thread's aggregates: one round trip.
 TOUCH_THREAD = (
     """
+WITH refs AS (
+    INSERT INTO message_refs (owner_id, rfc_message_id, thread_id)
+    SELECT $7, unnest($8::text[]), $1 ON CONFLICT DO NOTHING
+)
 UPDATE threads SET
     message_count = message_count + 1,
     last_message_at = now(),
@@ -225,11 +231,15 @@ WHERE id = $1
 RETURNING """
     + _THREAD_COLUMNS
 )
+#: The event and the NOTIFY that wakes long-polls (delivered at commit): one round trip.
 INSERT_EVENT = """
-INSERT INTO events (id, account_id, pod_id, inbox_id, mailbox_id, type, data)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+WITH event AS (
+    INSERT INTO events (id, account_id, pod_id, inbox_id, mailbox_id, type, data)
+    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+    RETURNING account_id
+)
+SELECT pg_notify('mailplane_events', account_id) FROM event
 """
-NOTIFY_EVENTS = "SELECT pg_notify('mailplane_events', $1)"
 
 # --- reading -----------------------------------------------------------------------
 
@@ -484,8 +494,10 @@ class MailStore:
             The stored message; ``None`` when this owner already has it (the same
             Message-ID and bytes: a retried SMTP transaction or a re-run ingest).
         """
-        await conn.execute(INSERT_BLOB, parsed.sha256, len(raw), raw)
-        if await conn.fetchval(SELECT_DUPLICATE, owner.id, parsed.message_id, parsed.sha256):
+        duplicate = await conn.fetchval(
+            BLOB_AND_DUPLICATE, owner.id, parsed.message_id, parsed.sha256, len(raw), raw
+        )
+        if duplicate is not None:
             return None
         candidates = [
             *([parsed.in_reply_to] if parsed.in_reply_to else []),
@@ -595,7 +607,6 @@ class MailStore:
             *direction_status,
         )
         attachments = await self._insert_attachments(conn, message_id, parsed.attachments)
-        await conn.execute(INSERT_REFS, owner.id, list({*refs}), thread_id)
         thread_row = await conn.fetchrow(
             TOUCH_THREAD,
             thread_id,
@@ -604,6 +615,8 @@ class MailStore:
             [*parsed.to, *parsed.cc],
             sorted(set(labels)),
             folder_id,
+            owner.id,
+            list({*refs}),
         )
         message = message_of(row, attachments)
         await self.record_event(
@@ -855,7 +868,6 @@ async def write_event(
         event_type,
         orjson.dumps(data).decode(),
     )
-    await conn.execute(NOTIFY_EVENTS, account)
     return event_id
 
 

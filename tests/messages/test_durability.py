@@ -29,7 +29,7 @@ import httpx
 from pydantic import SecretStr
 
 from services.chassis.config import Settings
-from tests.conftest import REPO_ROOT, Services, Tenant
+from tests.conftest import REPO_ROOT, Services, Tenant, free_port
 from tests.messages.test_inbound import new_inbox
 
 #: Messages sent, and SMTP sessions sending them at once.
@@ -168,8 +168,9 @@ async def test_kill_9_of_edge_and_worker_loses_no_accepted_message_and_stores_no
     inbox = await new_inbox(http, services, tenant)
     pool = services.messages.pool
     env = process_env(settings)
-    host, port_text = settings.smtp_inbound_addr.rsplit(":", 1)
-    port = int(port_text)
+    # Its own port: the suite's in-process edge may hold the settings' one.
+    host, port = "127.0.0.1", free_port()
+    env["MAILPLANE_SMTP_INBOUND_ADDR"] = f"{host}:{port}"
     edge, worker = MailProcess("smtp", env), MailProcess("worker", env)
     edge.start()
     worker.start()
