@@ -60,7 +60,8 @@ def reach_of(principal: auth.Principal) -> Reach:
     return Reach()
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+def timestamp_of(value: datetime) -> timestamp_pb2.Timestamp:
+    """A ``datetime`` as a protobuf ``Timestamp``."""
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
@@ -107,8 +108,8 @@ def message_to_pb(message: Message) -> messages_pb2.Message:
             dmarc=message.authentication.get("dmarc", "none"),
         ),
         size=message.size,
-        create_time=_timestamp(message.created_at),
-        update_time=_timestamp(message.updated_at),
+        create_time=timestamp_of(message.created_at),
+        update_time=timestamp_of(message.updated_at),
     )
     setattr(out, "from", message.sender)  # `from` is a Python keyword
     if message.owner_id.startswith("inb_"):
@@ -135,9 +136,9 @@ def thread_to_pb(thread: Thread) -> messages_pb2.Thread:
         message_count=thread.message_count,
         senders=thread.senders,
         recipients=thread.recipients,
-        last_message_time=_timestamp(thread.last_message_at),
-        create_time=_timestamp(thread.created_at),
-        update_time=_timestamp(thread.updated_at),
+        last_message_time=timestamp_of(thread.last_message_at),
+        create_time=timestamp_of(thread.created_at),
+        update_time=timestamp_of(thread.updated_at),
         messages=[message_to_pb(m) for m in thread.messages],
     )
     if thread.owner_id.startswith("inb_"):

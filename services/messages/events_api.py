@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import grpc
-from google.protobuf import timestamp_pb2
 from mailplane.messages.v1 import events_pb2, events_pb2_grpc
 
 from services.chassis import auth
-from services.messages.api import reach_of
+from services.messages.api import reach_of, timestamp_of
 from services.messages.event_log import Event
 from services.messages.events import EventFilter, EventService
 from services.messages.store import Reach
@@ -20,12 +17,6 @@ _STATUSES = {
     "succeeded": events_pb2.WEBHOOK_DELIVERY_STATUS_SUCCEEDED,
     "failed": events_pb2.WEBHOOK_DELIVERY_STATUS_FAILED,
 }
-
-
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 #: Who may call each EventService method: any key reads the events within its
@@ -58,7 +49,7 @@ def event_to_pb(event: Event) -> events_pb2.Event:
     out = events_pb2.Event(
         id=event.id,
         type=event.type,
-        create_time=_timestamp(event.created_at),
+        create_time=timestamp_of(event.created_at),
         account_id=event.account_id,
         data=event.data,
     )
@@ -81,8 +72,8 @@ def webhook_to_pb(hook: Webhook) -> events_pb2.Webhook:
         inbox_ids=hook.inbox_ids,
         mailbox_ids=hook.mailbox_ids,
         enabled=hook.enabled,
-        create_time=_timestamp(hook.created_at),
-        update_time=_timestamp(hook.updated_at),
+        create_time=timestamp_of(hook.created_at),
+        update_time=timestamp_of(hook.updated_at),
     )
     if hook.description is not None:
         out.description = hook.description
@@ -99,17 +90,17 @@ def delivery_to_pb(delivery: Delivery) -> events_pb2.WebhookDelivery:
         event_id=delivery.event_id,
         event_type=delivery.event_type,
         status=_STATUSES[delivery.state],
-        create_time=_timestamp(delivery.created_at),
+        create_time=timestamp_of(delivery.created_at),
     )
     # A disabled webhook's pending deliveries are never due ('infinity').
     due = delivery.next_attempt_at
     if delivery.state == "pending" and due is not None and due.year < 9999:
-        out.next_attempt_time.CopyFrom(_timestamp(due))
+        out.next_attempt_time.CopyFrom(timestamp_of(due))
     for attempt in delivery.attempts:
         one = out.attempts.add(
             attempt=attempt.attempt,
             duration_ms=attempt.duration_ms,
-            attempt_time=_timestamp(attempt.attempted_at),
+            attempt_time=timestamp_of(attempt.attempted_at),
         )
         if attempt.status_code is not None:
             one.status_code = attempt.status_code
