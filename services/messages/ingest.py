@@ -23,7 +23,7 @@ from services.messages import mime
 from services.messages.authentication import authenticate
 from services.messages.policy import auto_reply, auto_reply_to, filing_of
 from services.messages.resolver import SenderResolver
-from services.messages.store import MailStore, Recipient, Spooled
+from services.messages.store import MailStore, Outbound, Recipient, Spooled
 
 _log = get_logger("mailplane.ingest")
 #: Spool rows taken per transaction.
@@ -152,7 +152,15 @@ class Ingest:
         to = auto_reply_to(policy, parsed, spooled.mail_from, message.labels)
         if to and await self._store.take_auto_reply(conn, owner, to):
             reply = auto_reply(policy, parsed, to, self._hostname)
-            await self._store.store_queued(conn, owner, message.thread_id, mime.parse(reply), reply)
+            # A null return path: nothing answers an auto-reply (RFC 3834 §4).
+            await self._store.store_outbound(
+                conn,
+                owner,
+                message.thread_id,
+                mime.parse(reply),
+                reply,
+                Outbound(recipients=[to], return_path=""),
+            )
 
     async def run_forever(self, listen_dsn: str, loops: int = LOOPS) -> None:
         """Ingests until cancelled, woken by ``NOTIFY mailplane_spool`` (and a poll

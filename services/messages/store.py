@@ -105,6 +105,32 @@ class OwnerState:
     policy: MailboxPolicy | None
 
 
+@dataclass(frozen=True)
+class Outbound:
+    """How an outbound message is queued (DESIGN §7.5).
+
+    Attributes:
+        recipients: every To, Cc and Bcc address, bare (``user@domain``).
+        bcc: the Bcc addresses as given (kept on the message, never in its headers).
+        return_path: the envelope sender; ``""`` for a null sender (an auto-reply,
+            RFC 3834 §4).
+        status: ``queued``, ``scheduled`` (``send_at`` in the future) or ``held``
+            (a paused mailbox's scheduled draft).
+        send_at: when it goes out, or ``None`` for now.
+        labels: the caller's labels besides ``sent``.
+        max_hours: hours its deliveries are retried before they bounce
+            (``MAILPLANE_DELIVERY_MAX_HOURS``).
+    """
+
+    recipients: Sequence[str]
+    return_path: str
+    bcc: Sequence[str] = ()
+    status: str = "queued"
+    send_at: datetime | None = None
+    labels: Sequence[str] = ()
+    max_hours: int = 72
+
+
 # --- the SMTP edge -----------------------------------------------------------------
 
 #: Every route that could take ``$1`` addresses (exact, sub-address base, catch-all),
@@ -182,10 +208,25 @@ INSERT_MESSAGE = f"""
 INSERT INTO messages (id, account_id, pod_id, owner_id, thread_id, direction, status, labels,
     from_address, to_addresses, cc_addresses, bcc_addresses, reply_to, subject, preview,
     text_body, html_body, extracted_text, rfc_message_id, in_reply_to, refs, authentication,
-    size, raw_sha256)
-VALUES ($1, $2, $3, $4, $5, $22, $23, $6, $7, $8, $9, '{{}}', $10, $11, $12, $13,
-    $14, $15, $16, $17, $18, $19::jsonb, $20, $21)
+    size, raw_sha256, send_at, return_path)
+VALUES ($1, $2, $3, $4, $5, $22, $23, $6, $7, $8, $9, $24, $10, $11, $12, $13,
+    $14, $15, $16, $17, $18, $19::jsonb, $20, $21, $25, $26)
 RETURNING {_MESSAGE_COLUMNS}
+"""
+#: Queues an outbound message: one delivery per recipient domain ($4: bare addresses,
+#: lower case), due at $6 and given up $7 hours later, and counts the send (seed 004
+#: stats): one round trip.
+ENQUEUE = """
+WITH d AS (
+    INSERT INTO deliveries (message_id, account_id, owner_id, domain, recipients, state,
+        next_attempt_at, expires_at)
+    SELECT $1, $2, $3, g.domain, g.recipients, $5, coalesce($6::timestamptz, now()),
+        coalesce($6::timestamptz, now()) + make_interval(hours => $7)
+    FROM (SELECT substring(a FROM '@([^@]*)$') AS domain, array_agg(a ORDER BY a) AS recipients
+          FROM unnest($4::text[]) AS a GROUP BY 1) AS g
+)
+INSERT INTO mail_counts AS c (owner_id, hour, sends) VALUES ($3, date_trunc('hour', now()), 1)
+ON CONFLICT (owner_id, hour) DO UPDATE SET sends = c.sends + 1
 """
 #: Taken shared by ingest for each owner it stores for; an owner's deletion takes
 #: it exclusively, so no message lands after the purge (or untrashed after the trash).
@@ -540,31 +581,71 @@ class MailStore:
         transaction; ``False`` when one was sent in the last 24 h."""
         return await conn.fetchval(TAKE_AUTO_REPLY, owner.id, sender.lower()) is not None
 
-    async def store_queued(
+    async def store_outbound(
         self,
         conn: asyncpg.Connection,
         owner: Owner,
-        thread_id: str,
+        thread_id: str | None,
         parsed: mime.Parsed,
         raw: bytes,
+        outbound: Outbound,
     ) -> Message:
-        """Stores an outbound message of ``owner`` in ``thread_id``, ``queued``
-        and labelled ``sent``, with its ``message.queued`` event, in the
-        caller's transaction (delivery takes queued messages)."""
+        """Stores an outbound message of ``owner`` and queues it, with its
+        ``message.queued`` event (or ``message.held`` for a paused mailbox's), in
+        the caller's transaction (DESIGN §7.5; the delivery worker takes it).
+
+        Args:
+            thread_id: the thread it continues (a reply), or ``None`` to thread it
+                by its own In-Reply-To/References, else in a new thread.
+            outbound: its envelope, labels and schedule.
+
+        Returns:
+            The stored message, ``queued``, ``scheduled`` or ``held``.
+        """
         await conn.execute(INSERT_BLOB, parsed.sha256, len(raw), raw)
+        refs = [
+            *([parsed.in_reply_to] if parsed.in_reply_to else []),
+            *reversed(parsed.references),
+        ]
+        if thread_id is None and refs:
+            thread_id = await conn.fetchval(SELECT_THREAD_BY_REFS, owner.id, refs)
+        if thread_id is None:
+            thread_id = ids.new_id("thr")
+            await conn.execute(
+                INSERT_THREAD,
+                thread_id,
+                owner.account_id,
+                owner.pod_id,
+                owner.id,
+                parsed.subject[:998],
+                None,
+            )
+        status = outbound.status
         message = await self._insert_message(
             conn,
             owner,
             thread_id,
             parsed,
-            ["sent"],
+            ["sent", *outbound.labels, *(["held"] if status == "held" else [])],
             {},
-            ("outbound", "queued"),
+            ("outbound", status),
             [parsed.message_id],
             None,
-            "message.queued",
+            "message.held" if status == "held" else "message.queued",
+            bcc=outbound.bcc,
+            send_at=outbound.send_at,
+            return_path=outbound.return_path,
         )
-        assert message is not None
+        await conn.execute(
+            ENQUEUE,
+            message.id,
+            owner.account_id,
+            owner.id,
+            sorted({a.lower() for a in outbound.recipients}),
+            "held" if status == "held" else "queued",
+            outbound.send_at,
+            outbound.max_hours,
+        )
         return message
 
     async def _insert_message(
@@ -579,6 +660,10 @@ class MailStore:
         refs: Sequence[str],
         folder_id: str | None,
         event_type: str,
+        *,
+        bcc: Sequence[str] = (),
+        send_at: datetime | None = None,
+        return_path: str | None = None,
     ) -> Message:
         message_id = ids.new_id("msg")
         row = await conn.fetchrow(
@@ -605,6 +690,9 @@ class MailStore:
             parsed.size,
             parsed.sha256,
             *direction_status,
+            list(bcc),
+            send_at,
+            return_path,
         )
         attachments = await self._insert_attachments(conn, message_id, parsed.attachments)
         thread_row = await conn.fetchrow(
