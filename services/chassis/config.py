@@ -98,6 +98,28 @@ class Settings(BaseSettings):
     dns_nameservers: str = ""
     #: Seconds one DNS lookup may take.
     dns_timeout_seconds: float = 3.0
+    #: The port outbound delivery connects to on a recipient domain's MX hosts
+    #: (DESIGN §7.1; 25 in production, a local sink's port in tests).
+    outbound_port: int = 25
+    #: ``host:port`` that relays every outbound message instead of MX delivery;
+    #: empty means deliver to each recipient domain's MX hosts.
+    smarthost: str = ""
+    #: Hours a delivery is retried after temporary failures before it bounces
+    #: (DESIGN §7.5; Postfix's ``maximal_queue_lifetime`` is 5 days).
+    delivery_max_hours: int = 72
+    #: Seconds before the first retry of a deferred delivery; each retry waits
+    #: twice as long, up to 12 times this (Postfix: 300 s growing to about an hour).
+    delivery_retry_base_seconds: float = 300.0
+    #: Deliveries in flight at once per worker process.
+    delivery_concurrency: int = 64
+    #: Deliveries in flight at once to one destination (a recipient domain, or
+    #: the smarthost); Postfix's ``default_destination_concurrency_limit``.
+    delivery_destination_concurrency: int = 20
+    #: Seconds a leased delivery stays taken; a worker that dies mid-delivery
+    #: leaves it to be taken again after this (longer than one SMTP transaction).
+    delivery_lease_seconds: float = 900.0
+    #: Seconds one SMTP command (connect, greeting, each reply) may take outbound.
+    delivery_timeout_seconds: float = 60.0
     #: Fernet key (urlsafe base64 of 32 bytes) that encrypts DKIM private keys at
     #: rest; the domains service refuses to start without it (the local launcher
     #: generates one).
