@@ -2,7 +2,7 @@
 
 - ``serve``: gRPC (messages, threads, address routes, events, webhooks).
 - ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``).
-- ``worker``: ingest of the spool and webhook delivery (and, as they arrive, deliveries).
+- ``worker``: ingest of the spool, outbound delivery and webhook delivery.
 - ``migrate``: the schema.
 """
 
@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable
 
 from services.chassis import db
 from services.chassis.config import Settings
+from services.chassis.errors import MailplaneError
 from services.chassis.logs import get_logger
 from services.chassis.server import service_main
+from services.messages.delivery import Delivery, options_of
 from services.messages.dispatch import Dispatcher, SecretBox, Sender
 from services.messages.edge import serve_inbound
 from services.messages.event_log import EventListener
@@ -64,13 +66,25 @@ async def smtp(settings: Settings) -> None:
     await _until_signal(start)
 
 
+async def dkim_not_wired(account_id: str, domain: str, raw: bytes) -> bytes:
+    """The DKIM signer until the domains service's (``DkimSigner.sign``) is
+    wired in: every message waits (``unavailable``), none leaves unsigned."""
+    raise MailplaneError("unavailable", "DKIM signing is not available in this build yet.")
+
+
 async def worker(settings: Settings) -> None:
-    """The ingest worker and the webhook dispatcher, until SIGTERM."""
+    """The ingest worker, outbound delivery and the webhook dispatcher, until SIGTERM."""
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
 
     async def start() -> Callable[[], Awaitable[None]]:
         resolver = SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds)
-        ingest = Ingest(MailStore(pool), sender_authentication(resolver), settings.mail_host)
+        ingest = Ingest(
+            MailStore(pool),
+            sender_authentication(resolver),
+            settings.mail_host,
+            settings.shared_domain,
+        )
+        delivery = Delivery(pool, resolver, dkim_not_wired, options_of(settings))
         listener = EventListener(settings.service_dsn(NAME))
         sender = Sender(
             SecretBox(settings.webhook_secret_key.get_secret_value()),
@@ -88,6 +102,7 @@ async def worker(settings: Settings) -> None:
         tasks = [
             asyncio.create_task(ingest.run_forever(settings.service_dsn(NAME))),
             asyncio.create_task(dispatcher.run_forever()),
+            asyncio.create_task(delivery.run_forever(settings.service_dsn(NAME))),
         ]
         _log.info("worker_started")
 

@@ -21,6 +21,8 @@ import asyncpg
 from services.chassis.logs import get_logger
 from services.messages import mime
 from services.messages.authentication import authenticate
+from services.messages.delivery import BOUNCE_TAG, bounce_report, bounced_message_of
+from services.messages.delivery_store import DeliveryStore
 from services.messages.policy import auto_reply, auto_reply_to, filing_of
 from services.messages.resolver import SenderResolver
 from services.messages.store import MailStore, Outbound, Recipient, Spooled
@@ -74,6 +76,8 @@ class Ingest:
         store: the mail store.
         authenticate: the sender-authentication check.
         hostname: the domain of the Message-IDs of auto-replies.
+        shared_domain: the platform's own domain (bounce reports settle
+            deliveries through ``DeliveryStore``).
     """
 
     def __init__(
@@ -81,10 +85,12 @@ class Ingest:
         store: MailStore,
         authenticate: Authenticator = no_authentication,
         hostname: str = "localhost",
+        shared_domain: str = "mailplane.test",
     ):
         self._store = store
         self._authenticate = authenticate
         self._hostname = hostname
+        self._deliveries = DeliveryStore(store.pool, shared_domain)
 
     async def run_once(self, limit: int = BATCH) -> int:
         """Ingests up to ``limit`` due spool rows; returns how many were taken."""
@@ -131,11 +137,15 @@ class Ingest:
     ) -> None:
         """Stores the message for one owner with its mailbox semantics (DESIGN
         §7.3): a deleted inbox gets nothing, a deleted mailbox gets it trashed; a
-        mailbox's rules file a new thread; a paused mailbox may auto-reply."""
+        mailbox's rules file a new thread; a paused mailbox may auto-reply. A
+        bounce report to an outbound message's VERP return path settles that
+        message instead of being stored (DESIGN §7.5)."""
         owner = recipient.owner
         state = await self._store.owner_state(conn, owner)
         if state.deleted and owner.kind == "inbox":
             return  # its mail was purged with it (DESIGN §7.4)
+        if BOUNCE_TAG in recipient.address and await self._bounce(conn, spooled, recipient):
+            return
         policy = state.policy
         filing = None
         if state.deleted:
@@ -161,6 +171,23 @@ class Ingest:
                 reply,
                 Outbound(recipients=[to], return_path=""),
             )
+
+    async def _bounce(
+        self, conn: asyncpg.Connection, spooled: Spooled, recipient: Recipient
+    ) -> bool:
+        """Records a bounce report sent to the VERP return path of one of the
+        owner's outbound messages; ``False`` when the address names no such
+        message or the mail is no report (then it is stored as mail)."""
+        message_id = bounced_message_of(recipient.address)
+        if message_id is None:
+            return False
+        report = bounce_report(spooled.raw)
+        if report is None:
+            return False
+        failed, reply = report
+        return await self._deliveries.record_bounce_report(
+            conn, recipient.owner, message_id, failed, reply
+        )
 
     async def run_forever(self, listen_dsn: str, loops: int = LOOPS) -> None:
         """Ingests until cancelled, woken by ``NOTIFY mailplane_spool`` (and a poll
