@@ -89,6 +89,9 @@ IDLE_POLL = 1.0
 IDLE_SECONDS = 30.0
 #: MX hosts (addresses) tried per attempt before it is deferred.
 MAX_HOSTS = 5
+#: Deliveries past DATA whose outcome is not committed yet, beyond which the
+#: next DATA waits (``Delivery._admit_data``).
+COMMIT_BACKLOG = 4
 #: Retries wait at most this many times the base (300 s → 3,600 s).
 MAX_BACKOFF_FACTOR = 12
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -318,6 +321,9 @@ class Delivery:
         self._destinations: dict[str, asyncio.Semaphore] = {}
         self._signing: dict[str, asyncio.Future[bytes]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        #: Leases whose DATA went out and whose outcome is not committed yet.
+        self._unrecorded: set[int] = set()
+        self._recorded = asyncio.Event()
         self._slot_free = asyncio.Event()
 
     @property
@@ -422,6 +428,25 @@ class Delivery:
             raise
         except Exception:
             _log.exception("delivery_failed", delivery_id=lease.id, message_id=lease.message_id)
+        finally:
+            if lease.id in self._unrecorded:
+                self._unrecorded.discard(lease.id)
+                self._recorded.set()
+
+    async def _admit_data(self, lease: Lease) -> None:
+        """Waits, before DATA, while ``COMMIT_BACKLOG`` deliveries have had the
+        remote's reply to DATA but not yet committed it.
+
+        A reply not yet committed is the window in which a crash sends the
+        message twice (RFC 1047). When the database falls behind the remote
+        (a fast MX), outcomes would queue for it by the dozen; holding the next
+        DATA back instead keeps that queue, and the window, short, and costs
+        nothing when the remote is the slow side.
+        """
+        while len(self._unrecorded) >= COMMIT_BACKLOG:
+            self._recorded.clear()
+            await self._recorded.wait()
+        self._unrecorded.add(lease.id)
 
     async def _signed(self, lease: Lease) -> bytes:
         """The message's DKIM-signed bytes, signing and storing them first when
@@ -532,6 +557,7 @@ class Delivery:
             if not accepted:
                 await self._reset(host, port, client)
                 return _merged(outcomes)
+            await self._admit_data(lease)
             try:
                 reply = await client.data(raw)
                 outcomes.append(Outcome("sent", tuple(accepted), f"{reply.code} {reply.message}"))

@@ -21,7 +21,7 @@ by another records nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,8 +30,6 @@ import orjson
 
 from services.messages.models import AttachmentMeta, Message, Owner, message_of, thread_of
 from services.messages.store import (
-    DELETE_ORPHAN_BLOBS,
-    INSERT_BLOB,
     INSERT_SPOOL,
     RELABEL_THREAD,
     Recipient,
@@ -84,13 +82,27 @@ SELECT_RAW = """
 SELECT m.dkim_signed, b.data FROM messages m JOIN blobs b ON b.sha256 = m.raw_sha256
 WHERE m.account_id = $1 AND m.id = $2
 """
-#: Points the message at its signed bytes, unless another worker signed it first;
-#: returns the unsigned bytes' digest (to drop the blob if nothing else uses it).
+#: Stores the signed bytes and points the message at them, unless another worker
+#: signed it first, and drops the unsigned blob when nothing else uses it (the
+#: message itself is left out by ID: this statement's snapshot still shows it
+#: on the old blob): one round trip. Returns how many messages it signed (0 or 1).
 STORE_SIGNED = """
-UPDATE messages m SET raw_sha256 = $3, size = $4, dkim_signed = true, updated_at = now()
-FROM (SELECT raw_sha256 FROM messages WHERE account_id = $1 AND id = $2 FOR UPDATE) AS old
-WHERE m.account_id = $1 AND m.id = $2 AND NOT m.dkim_signed
-RETURNING old.raw_sha256
+WITH blob AS (
+    INSERT INTO blobs (sha256, size, data) VALUES ($3, $4, $5) ON CONFLICT (sha256) DO NOTHING
+), old AS (
+    SELECT raw_sha256 FROM messages WHERE account_id = $1 AND id = $2 AND NOT dkim_signed
+    FOR UPDATE
+), signed AS (
+    UPDATE messages m SET raw_sha256 = $3, size = $4, dkim_signed = true, updated_at = now()
+    FROM old WHERE m.account_id = $1 AND m.id = $2
+    RETURNING old.raw_sha256 AS unsigned
+), gone AS (
+    DELETE FROM blobs b USING signed
+    WHERE b.sha256 = signed.unsigned AND b.sha256 <> $3
+      AND NOT EXISTS (SELECT 1 FROM messages x WHERE x.raw_sha256 = signed.unsigned AND x.id <> $2)
+      AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.sha256 = signed.unsigned)
+)
+SELECT count(*) FROM signed
 """
 #: The message, locked for this transaction, with its attachments (for events).
 LOCK_MESSAGE = """
@@ -111,13 +123,39 @@ UPDATE deliveries SET state = $3, recipients = $4, attempts = attempts + $5, las
 WHERE id = $1 AND state = 'sending' AND next_attempt_at = $2
 RETURNING id
 """
-#: Another group of a split attempt: a new row beside delivery $1.
+_TALLY_COLUMNS = """
+       count(*) FILTER (WHERE state IN ('queued', 'sending', 'deferred')) AS open,
+       count(*) FILTER (WHERE state = 'held') AS held,
+       count(*) FILTER (WHERE state = 'deferred') AS deferred,
+       count(*) FILTER (WHERE state = 'bounced') AS bounced,
+       count(*) FILTER (WHERE state IN ('bounced', 'rejected')) AS failed,
+       count(*) FILTER (WHERE state = 'delivered') AS delivered,
+       count(*) AS total
+"""
+#: ``UPDATE_LEASED`` and then the message's deliveries counted by state ($8: the
+#: message), in one round trip: the statement's snapshot shows the leased row
+#: as it was, so it is counted from what the update returned.
+RECORD_LEASED = f"""
+WITH kept AS (
+    UPDATE deliveries SET state = $3, recipients = $4, attempts = attempts + $5,
+        last_reply = $6, next_attempt_at = now() + make_interval(secs => $7::float8),
+        updated_at = now()
+    WHERE id = $1 AND state = 'sending' AND next_attempt_at = $2
+    RETURNING state
+), states AS (
+    SELECT state FROM deliveries WHERE message_id = $8 AND id <> $1
+    UNION ALL SELECT state FROM kept
+)
+SELECT (SELECT count(*) FROM kept) AS kept, {_TALLY_COLUMNS} FROM states
+"""
+#: Another group of a split attempt, beside leased delivery $1 (while the lease
+#: is ours; its attempt counted as $6 more).
 INSERT_SPLIT = """
 INSERT INTO deliveries (message_id, account_id, owner_id, domain, recipients, state, attempts,
     next_attempt_at, expires_at, last_reply, created_at)
-SELECT message_id, account_id, owner_id, domain, $2, $3, attempts,
-    now() + make_interval(secs => $4::float8), expires_at, $5, created_at
-FROM deliveries WHERE id = $1
+SELECT message_id, account_id, owner_id, domain, $3, $4, attempts + $7,
+    now() + make_interval(secs => $5::float8), expires_at, $6, created_at
+FROM deliveries WHERE id = $1 AND state = 'sending' AND next_attempt_at = $2
 """
 SELECT_DELIVERIES = """
 SELECT id, state, recipients FROM deliveries WHERE message_id = $1 ORDER BY id
@@ -145,17 +183,17 @@ INSERT INTO suppressions (account_id, address, reason, message_id)
 SELECT $1, lower(a), 'hard_bounce', $3 FROM unnest($2::text[]) AS a
 ON CONFLICT (account_id, address) DO NOTHING
 """
-TALLY = """
-SELECT count(*) FILTER (WHERE state IN ('queued', 'sending', 'deferred')) AS open,
-       count(*) FILTER (WHERE state = 'held') AS held,
-       count(*) FILTER (WHERE state = 'deferred') AS deferred,
-       count(*) FILTER (WHERE state = 'bounced') AS bounced,
-       count(*) FILTER (WHERE state IN ('bounced', 'rejected')) AS failed,
-       count(*) FILTER (WHERE state = 'delivered') AS delivered,
-       count(*) AS total
-FROM deliveries WHERE message_id = $1
-"""
+TALLY = f"SELECT {_TALLY_COLUMNS} FROM deliveries WHERE message_id = $1"
+#: The message's status and labels, and its count in ``mail_counts`` ($4
+#: delivered, $5 bounced; nothing when both are 0) on the hour it was stored.
 SET_MESSAGE_STATE = """
+WITH counted AS (
+    INSERT INTO mail_counts AS c (owner_id, hour, delivered, bounced)
+    SELECT owner_id, date_trunc('hour', created_at), $4, $5 FROM messages
+    WHERE id = $1 AND ($4 <> 0 OR $5 <> 0)
+    ON CONFLICT (owner_id, hour) DO UPDATE
+    SET delivered = c.delivered + excluded.delivered, bounced = c.bounced + excluded.bounced
+)
 UPDATE messages SET status = $2, labels = $3, updated_at = now() WHERE id = $1
 RETURNING updated_at
 """
@@ -244,8 +282,10 @@ class LocalHandoff:
     raw: bytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Tally:
+    """A message's deliveries counted by state."""
+
     open: int
     held: int
     deferred: int
@@ -253,7 +293,22 @@ class _Tally:
     failed: int
     delivered: int
     total: int
-    changed_labels: bool = field(default=False)
+
+
+def _tally_of(row: Any) -> _Tally:
+    return _Tally(
+        row["open"],
+        row["held"],
+        row["deferred"],
+        row["bounced"],
+        row["failed"],
+        row["delivered"],
+        row["total"],
+    )
+
+
+class _LeaseLost(Exception):
+    """The lease ran out and another worker took the delivery."""
 
 
 def lease_of(row: Any) -> Lease:
@@ -310,14 +365,11 @@ class DeliveryStore:
             The message's signed bytes: ``signed``, or those another worker
             stored first (two deliveries of one message may race to sign it).
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(INSERT_BLOB, sha256, len(signed), signed)
-            old = await conn.fetchval(
-                STORE_SIGNED, lease.account_id, lease.message_id, sha256, len(signed)
-            )
-            if old is not None:
-                await conn.execute(DELETE_ORPHAN_BLOBS, [old])
-                return signed
+        stored = await self._pool.fetchval(
+            STORE_SIGNED, lease.account_id, lease.message_id, sha256, len(signed), signed
+        )
+        if stored:
+            return signed
         _, raw = await self.raw(lease.account_id, lease.message_id)
         return raw
 
@@ -359,14 +411,33 @@ class DeliveryStore:
             ``False`` when the lease was lost (ran out and taken again): nothing
             was recorded.
         """
+        try:
+            return await self._record(lease, outcomes, handoff)
+        except _LeaseLost:
+            return False
+
+    async def _record(
+        self, lease: Lease, outcomes: Sequence[Outcome], handoff: LocalHandoff | None
+    ) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
             message = await self._lock(conn, lease.account_id, lease.message_id)
             if message is None:
                 return False  # deleted meanwhile (the rows went with it)
             first, *others = outcomes
             counted = 0 if first.state == "queued" else 1
-            kept = await conn.fetchval(
-                UPDATE_LEASED,
+            for outcome in others:
+                await conn.execute(
+                    INSERT_SPLIT,
+                    lease.id,
+                    lease.lease_until,
+                    list(outcome.recipients),
+                    outcome.state,
+                    outcome.delay,
+                    outcome.reply[:1000],
+                    counted,
+                )
+            row = await conn.fetchrow(
+                RECORD_LEASED,
                 lease.id,
                 lease.lease_until,
                 first.state,
@@ -374,18 +445,10 @@ class DeliveryStore:
                 counted,
                 first.reply[:1000],
                 first.delay,
+                lease.message_id,
             )
-            if kept is None:
-                return False
-            for outcome in others:
-                await conn.execute(
-                    INSERT_SPLIT,
-                    lease.id,
-                    list(outcome.recipients),
-                    outcome.state,
-                    outcome.delay,
-                    outcome.reply[:1000],
-                )
+            if not row["kept"]:
+                raise _LeaseLost  # rolls back the split rows, if any
             if handoff is not None:
                 payload = orjson.dumps([r.to_json() for r in handoff.recipients]).decode()
                 await conn.execute(
@@ -399,7 +462,7 @@ class DeliveryStore:
             bounced = [a for o in outcomes if o.state == "bounced" for a in o.recipients]
             if bounced:
                 await conn.execute(SUPPRESS, lease.account_id, bounced, lease.message_id)
-            message = await self._settle_message(conn, message)
+            message = await self._settle_message(conn, message, _tally_of(row))
             owner = Owner(message.owner_id, message.account_id, message.pod_id)
             for outcome in outcomes:
                 event_type = EVENT_OF_STATE.get(outcome.state)
@@ -421,7 +484,7 @@ class DeliveryStore:
             if not rows:
                 return
             labels = [x for x in message.labels if x != "held"]
-            await conn.execute(SET_MESSAGE_STATE, message.id, "failed", labels)
+            await conn.execute(SET_MESSAGE_STATE, message.id, "failed", labels, 0, 0)
             if labels != message.labels:
                 await self._relabel_thread(conn, message.thread_id)
             recipients = tuple(a for r in rows for a in r["recipients"])
@@ -508,7 +571,9 @@ class DeliveryStore:
         ]
         return message_of(row, attachments)
 
-    async def _settle_message(self, conn: asyncpg.Connection, message: Message) -> Message:
+    async def _settle_message(
+        self, conn: asyncpg.Connection, message: Message, tally: _Tally | None = None
+    ) -> Message:
         """Derives the message's status and labels from its deliveries (the
         caller holds its row lock) and counts it when its last delivery closes.
 
@@ -519,7 +584,7 @@ class DeliveryStore:
         any delivery is held. A message settling counts once in ``mail_counts``
         on its own hour: ``delivered`` if nothing bounced, else ``bounced``.
         """
-        t = _Tally(**dict(await conn.fetchrow(TALLY, message.id)))
+        t = tally or _tally_of(await conn.fetchrow(TALLY, message.id))
         if t.open or t.held:
             status = "held" if t.held else "deferred" if t.deferred else "sending"
         elif t.delivered == t.total:
@@ -538,22 +603,21 @@ class DeliveryStore:
         new_labels = sorted(labels)
         if status == message.status and new_labels == message.labels:
             return message
-        updated_at = await conn.fetchval(SET_MESSAGE_STATE, message.id, status, new_labels)
+        delivered = bounced = 0
+        if message.status in OPEN_STATUSES and status not in OPEN_STATUSES:
+            if "bounced" in labels or status == "bounced":
+                bounced = 1
+            else:
+                delivered = 1
+        updated_at = await conn.fetchval(
+            SET_MESSAGE_STATE, message.id, status, new_labels, delivered, bounced
+        )
         settled = replace(message, status=status, labels=new_labels, updated_at=updated_at)
         if new_labels != message.labels:
             await self._relabel_thread(conn, message.thread_id)
-        owner = Owner(message.owner_id, message.account_id, message.pod_id)
         if status == "held" and message.status != "held":
+            owner = Owner(message.owner_id, message.account_id, message.pod_id)
             await write_event(conn, owner, "message.held", {"message": event_message(settled)})
-        if message.status in OPEN_STATUSES and status not in OPEN_STATUSES:
-            clean = "bounced" not in labels and status != "bounced"
-            await conn.execute(
-                COUNT_SETTLED,
-                message.owner_id,
-                message.created_at,
-                1 if clean else 0,
-                0 if clean else 1,
-            )
         return settled
 
     async def _relabel_thread(self, conn: asyncpg.Connection, thread_id: str) -> None:
