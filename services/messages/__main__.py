@@ -78,12 +78,7 @@ async def worker(settings: Settings) -> None:
 
     async def start() -> Callable[[], Awaitable[None]]:
         resolver = SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds)
-        ingest = Ingest(
-            MailStore(pool),
-            sender_authentication(resolver),
-            settings.mail_host,
-            settings.shared_domain,
-        )
+        ingest = Ingest(MailStore(pool), sender_authentication(resolver), settings.mail_host)
         delivery = Delivery(pool, resolver, dkim_not_wired, options_of(settings))
         listener = EventListener(settings.service_dsn(NAME))
         sender = Sender(

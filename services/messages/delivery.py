@@ -276,7 +276,10 @@ class Connections:
             for client, since in idle:
                 if (client, since) not in keep:
                     _drop(client)
-            self._idle[key] = keep
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
 
     async def close(self) -> None:
         """Says QUIT on every idle session."""
@@ -310,7 +313,7 @@ class Delivery:
     def __init__(
         self, pool: asyncpg.Pool, resolver: SenderResolver, sign: Signer, settings: Options
     ):
-        self._store = DeliveryStore(pool, settings.shared_domain)
+        self._store = DeliveryStore(pool)
         self._mail = MailStore(pool)
         self._resolver = resolver
         self._sign = sign
@@ -318,23 +321,19 @@ class Delivery:
         self.connections = Connections(
             settings.helo, settings.timeout, settings.destination_concurrency
         )
-        self._destinations: dict[str, asyncio.Semaphore] = {}
+        #: Per destination: its gate and how many deliveries hold or wait for it.
+        self._destinations: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
         self._signing: dict[str, asyncio.Future[bytes]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
         #: Leases whose DATA went out and whose outcome is not committed yet.
         self._unrecorded: set[int] = set()
-        self._recorded = asyncio.Event()
+        self._recorded = asyncio.Condition()
         self._slot_free = asyncio.Event()
-
-    @property
-    def store(self) -> DeliveryStore:
-        """The delivery store (the ingest worker records bounce reports with it)."""
-        return self._store
 
     async def run_once(self, limit: int = LEASE_BATCH) -> int:
         """Leases up to ``limit`` due deliveries and delivers them all (for tests
         and tools); returns how many were leased."""
-        leases = await self._store.lease(limit, self._settings.lease_seconds)
+        leases = await self._lease(limit)
         await asyncio.gather(*(self._deliver(lease) for lease in leases))
         return len(leases)
 
@@ -378,7 +377,7 @@ class Delivery:
                     continue
                 wake.clear()  # a NOTIFY during the lease sets it again
                 want = min(free, LEASE_BATCH)
-                leases = await self._store.lease(want, self._settings.lease_seconds)
+                leases = await self._lease(want)
                 for lease in leases:
                     task = asyncio.create_task(self._deliver(lease))
                     self._in_flight.add(task)
@@ -388,6 +387,10 @@ class Delivery:
             except DB_ERRORS:
                 _log.warning("delivery_waiting_for_database", exc_info=True)
                 await asyncio.sleep(1.0)
+
+    async def _lease(self, limit: int) -> list[Lease]:
+        options = self._settings
+        return await self._store.lease(limit, options.lease_seconds, options.shared_domain)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -429,24 +432,30 @@ class Delivery:
         except Exception:
             _log.exception("delivery_failed", delivery_id=lease.id, message_id=lease.message_id)
         finally:
-            if lease.id in self._unrecorded:
-                self._unrecorded.discard(lease.id)
-                self._recorded.set()
+            await self._committed(lease)
 
-    async def _admit_data(self, lease: Lease) -> None:
+    async def _admit_data(self) -> None:
         """Waits, before DATA, while ``COMMIT_BACKLOG`` deliveries have had the
-        remote's reply to DATA but not yet committed it.
+        remote's reply to DATA and not yet committed it.
 
         A reply not yet committed is the window in which a crash sends the
-        message twice (RFC 1047). When the database falls behind the remote
-        (a fast MX), outcomes would queue for it by the dozen; holding the next
-        DATA back instead keeps that queue, and the window, short, and costs
-        nothing when the remote is the slow side.
+        message twice (RFC 1047). When the database falls behind a fast MX,
+        replies would queue for it by the dozen; holding the next DATA back
+        keeps that queue, and the window, short. When the remote is the slow
+        side nothing waits: DATA still in flight is not counted.
         """
-        while len(self._unrecorded) >= COMMIT_BACKLOG:
-            self._recorded.clear()
-            await self._recorded.wait()
+        async with self._recorded:
+            await self._recorded.wait_for(lambda: len(self._unrecorded) < COMMIT_BACKLOG)
+
+    def _replied(self, lease: Lease) -> None:
+        """Counts a lease whose DATA reply came and is not committed yet."""
         self._unrecorded.add(lease.id)
+
+    async def _committed(self, lease: Lease) -> None:
+        if lease.id in self._unrecorded:
+            self._unrecorded.discard(lease.id)
+            async with self._recorded:
+                self._recorded.notify(1)
 
     async def _signed(self, lease: Lease) -> bytes:
         """The message's DKIM-signed bytes, signing and storing them first when
@@ -557,12 +566,14 @@ class Delivery:
             if not accepted:
                 await self._reset(host, port, client)
                 return _merged(outcomes)
-            await self._admit_data(lease)
+            await self._admit_data()
             try:
                 reply = await client.data(raw)
                 outcomes.append(Outcome("sent", tuple(accepted), f"{reply.code} {reply.message}"))
             except aiosmtplib.SMTPDataError as exc:
                 outcomes.append(_refused(exc, accepted))
+            finally:
+                self._replied(lease)
         except BaseException:
             _drop(client)
             raise
@@ -612,13 +623,21 @@ class Delivery:
 
     @asynccontextmanager
     async def _destination(self, key: str) -> AsyncIterator[None]:
-        gate = self._destinations.get(key)
-        if gate is None:
-            gate = self._destinations[key] = asyncio.Semaphore(
-                self._settings.destination_concurrency
-            )
-        async with gate:
-            yield
+        """At most ``destination_concurrency`` deliveries to one destination at
+        once; a destination nobody uses is forgotten."""
+        entry = self._destinations.get(key)
+        if entry is None:
+            entry = (asyncio.Semaphore(self._settings.destination_concurrency), [0])
+            self._destinations[key] = entry
+        gate, users = entry
+        users[0] += 1
+        try:
+            async with gate:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._destinations[key]
 
     def _scheduled(self, lease: Lease, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Gives deferred outcomes their backoff, or bounces them once the

@@ -339,17 +339,19 @@ class DeliveryStore:
 
     Args:
         pool: the messages service's pool (search_path ``messages``).
-        shared_domain: the platform's own domain (always local).
     """
 
-    def __init__(self, pool: asyncpg.Pool, shared_domain: str):
+    def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
-        self._shared = shared_domain
 
-    async def lease(self, limit: int, seconds: float) -> list[Lease]:
+    async def lease(self, limit: int, seconds: float, shared_domain: str) -> list[Lease]:
         """Takes up to ``limit`` due deliveries for ``seconds`` (they are due
-        again after that if this worker dies), oldest due first."""
-        rows = await self._pool.fetch(LEASE, limit, seconds, self._shared)
+        again after that if this worker dies), oldest due first.
+
+        Args:
+            shared_domain: the platform's own domain, whose recipients are local.
+        """
+        rows = await self._pool.fetch(LEASE, limit, seconds, shared_domain)
         return [lease_of(r) for r in rows]
 
     async def raw(self, account_id: str, message_id: str) -> tuple[bool, bytes]:

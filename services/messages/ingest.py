@@ -76,8 +76,6 @@ class Ingest:
         store: the mail store.
         authenticate: the sender-authentication check.
         hostname: the domain of the Message-IDs of auto-replies.
-        shared_domain: the platform's own domain (bounce reports settle
-            deliveries through ``DeliveryStore``).
     """
 
     def __init__(
@@ -85,12 +83,11 @@ class Ingest:
         store: MailStore,
         authenticate: Authenticator = no_authentication,
         hostname: str = "localhost",
-        shared_domain: str = "mailplane.test",
     ):
         self._store = store
         self._authenticate = authenticate
         self._hostname = hostname
-        self._deliveries = DeliveryStore(store.pool, shared_domain)
+        self._deliveries = DeliveryStore(store.pool)
 
     async def run_once(self, limit: int = BATCH) -> int:
         """Ingests up to ``limit`` due spool rows; returns how many were taken."""

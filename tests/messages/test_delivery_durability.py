@@ -51,7 +51,8 @@ def start_worker(settings: Settings, sink: Sink) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "services.messages", "worker"],
         cwd=REPO_ROOT,
         env=env,
-        stdout=subprocess.DEVNULL, stderr=open("/tmp/worker.err", "ab"),
+        stdout=subprocess.DEVNULL,
+        stderr=open("/tmp/worker.err", "ab"),
     )
 
 
