@@ -497,3 +497,94 @@ async def test_a_domain_that_cannot_send_fails_the_message_for_good(
     assert "cannot send" in rejected["reply"]
     states = await pool.fetch("SELECT state FROM deliveries WHERE message_id = $1", message.id)
     assert [r["state"] for r in states] == ["rejected"]
+
+
+async def test_a_per_recipient_4xx_defers_only_that_recipient_until_it_is_accepted(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    delivery: Delivery,
+    sink: Sink,
+    domain: str,
+) -> None:
+    pool = services.messages.pool
+    owner, sender = await sender_of(http, services, tenant)
+    busy, free = f"busy@{domain}", f"free@{domain}"
+    sink.rcpt_replies[busy] = ["450 4.2.1 Mailbox busy"]
+    message = await queue(pool, owner, sender, [busy, free])
+    await until(delivery, settled(pool, message, "sent", "bounced"))
+
+    assert [c.rcpt_tos for c in sink.of(message.message_id)] == [[free], [busy]]
+    rows = await pool.fetch(
+        "SELECT state, recipients, attempts FROM deliveries WHERE message_id = $1", message.id
+    )
+    assert {(r["state"], tuple(r["recipients"]), r["attempts"]) for r in rows} == {
+        ("sent", (free,), 1),
+        ("sent", (busy,), 2),
+    }
+    kinds = [(e["type"], e.get("recipients")) for e in await events(pool, tenant, message)]
+    assert kinds == [
+        ("message.queued", None),
+        ("message.delayed", [busy]),
+        ("message.sent", [free]),
+        ("message.sent", [busy]),
+    ]
+    assert await counts(pool, owner) == (1, 1, 0)
+
+
+async def test_messages_to_one_mx_share_an_smtp_session(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    delivery: Delivery,
+    sink: Sink,
+    domain: str,
+) -> None:
+    pool = services.messages.pool
+    owner, sender = await sender_of(http, services, tenant)
+    for n in range(3):  # one after the other: each finds the last one's session idle
+        message = await queue(pool, owner, sender, [f"ann{n}@{domain}"], subject=f"#{n}")
+        await until(delivery, settled(pool, message, "sent"))
+    assert len(sink.received) == 3
+    assert sink.sessions == 1
+
+
+async def test_an_unreachable_preferred_mx_falls_back_to_the_next_and_a_smarthost_takes_all(
+    http: httpx.AsyncClient,
+    services: Services,
+    settings: Settings,
+    tenant: Tenant,
+    delivery: Delivery,
+    sink: Sink,
+    dns_zone: Zone,
+    signer: LoopbackSigner,
+) -> None:
+    pool = services.messages.pool
+    owner, sender = await sender_of(http, services, tenant)
+    domain = f"f{uuid.uuid4().hex[:10]}.example"
+    dns_zone.publish(domain, "MX", f"20 backup.{domain}")
+    dns_zone.publish(domain, "MX", f"5 primary.{domain}")
+    dns_zone.publish(f"primary.{domain}", "A", "127.0.0.2")  # nothing listens there
+    dns_zone.publish(f"backup.{domain}", "A", "127.0.0.1")
+    message = await queue(pool, owner, sender, [f"ann@{domain}"])
+    await until(delivery, settled(pool, message, "sent"))
+    assert len(sink.of(message.message_id)) == 1
+
+    relay = Delivery(
+        pool,
+        SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds),
+        signer.sign,
+        Options(
+            helo="out.mailplane.test",
+            shared_domain=SHARED,
+            port=1,  # never used: everything goes through the smarthost
+            smarthost=f"127.0.0.1:{sink.port}",
+        ),
+    )
+    unknown = f"u{uuid.uuid4().hex[:10]}.example"  # no DNS records at all
+    relayed = await queue(pool, owner, sender, [f"ann@{unknown}"])
+    try:
+        await until(relay, settled(pool, relayed, "sent"))
+    finally:
+        await relay.connections.close()
+    assert len(sink.of(relayed.message_id)) == 1
