@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiosmtplib
 import asyncpg
 import httpx
+import pytest
 import pytest_asyncio
 from mailplane.pods.v1 import pods_pb2
 
@@ -55,28 +57,39 @@ SIZE = 4096
 FLOOR_CONCURRENCY = 64
 
 
-@pytest_asyncio.fixture
-async def sink_port() -> AsyncIterator[int]:
-    """Postfix's smtp-sink on a free port, or an aiosmtpd sink."""
+@pytest.fixture
+def smtp_sink_port() -> Iterator[int | None]:
+    """Postfix's smtp-sink on a free port (its own process), or ``None`` when
+    it is not installed."""
     if shutil.which("smtp-sink") is None:
-        sink_in_process, server = await start_sink(tls=False)
-        yield sink_in_process.port
-        server.close()
+        yield None
         return
     port = free_port()
-    sink = await asyncio.create_subprocess_exec(
-        "smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1000", stdout=subprocess.DEVNULL
+    sink = subprocess.Popen(
+        ["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL
     )
-    for _ in range(200):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.05)
-    yield port
-    sink.terminate()
-    await sink.wait()
+    try:
+        for _ in range(200):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port
+    finally:
+        sink.terminate()
+        sink.wait(10)
+
+
+@pytest_asyncio.fixture
+async def sink_port(smtp_sink_port: int | None) -> AsyncIterator[int]:
+    """The sink's port: Postfix's smtp-sink, else an aiosmtpd sink in this process."""
+    if smtp_sink_port is not None:
+        yield smtp_sink_port
+        return
+    sink, server = await start_sink(tls=False)
+    yield sink.port
+    server.close()
+    await server.wait_closed()
 
 
 async def _queue(store: MailStore, owner: Owner, raws: list[tuple[bytes, mime.Parsed]]) -> None:
