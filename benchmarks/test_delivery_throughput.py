@@ -16,8 +16,8 @@ send API queues them (``MailStore.store_outbound``, one transaction each).
   (that rate is printed too), then drained; messages/s = delivered ÷ (last
   commit of an outcome − the worker's start);
 - steady: ``STEADY_RATE`` messages/s for ``STEADY_SECONDS``; latency = the
-  outcome's commit − the message's queueing (so it includes the remote's 250),
-  p50 and p99.
+  transaction recording the outcome (begun once the remote answered 250) − the
+  transaction queueing the message, both by the database's clock; p50 and p99.
 
 Prints a table; asserts only that every message was delivered.
 """

@@ -45,14 +45,12 @@ def start_worker(settings: Settings, sink: Sink) -> subprocess.Popen[bytes]:
         "MAILPLANE_DELIVERY_RETRY_BASE_SECONDS": "0.2",
         "MAILPLANE_WEBHOOK_ALLOW_PRIVATE": "true",
         "MAILPLANE_LOG_LEVEL": "warning",
-        "MAILPLANE_DB_POOL_SIZE": os.environ.get("POOLX", "4"),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "services.messages", "worker"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=open("/tmp/worker.err", "ab"),
     )
 
 
