@@ -387,6 +387,9 @@ class Delivery:
             except DB_ERRORS:
                 _log.warning("delivery_waiting_for_database", exc_info=True)
                 await asyncio.sleep(1.0)
+            except Exception:  # a bad row must not stop the queue
+                _log.exception("delivery_lease_failed")
+                await asyncio.sleep(1.0)
 
     async def _lease(self, limit: int) -> list[Lease]:
         options = self._settings
