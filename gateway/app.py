@@ -25,7 +25,17 @@ from gateway import codec, errors
 from gateway.caller import SECURITY, SECURITY_SCHEMES
 from gateway.front import Front
 from gateway.operations import Endpoint, Operation, endpoint, multicallable
-from gateway.routes import account, billing, domains, events, inboxes, mailboxes, messages, pods
+from gateway.routes import (
+    account,
+    billing,
+    domains,
+    events,
+    inboxes,
+    mailboxes,
+    messages,
+    pods,
+    sending,
+)
 from services.chassis.config import Settings
 from services.chassis.errors import CATALOG, Code
 from services.chassis.rpc import open_channel
@@ -38,6 +48,7 @@ OPERATIONS: tuple[Operation, ...] = (
     *domains.OPERATIONS,
     *mailboxes.OPERATIONS,
     *messages.OPERATIONS,
+    *sending.OPERATIONS,
     *events.OPERATIONS,
 )
 #: The services the gateway composes: the settings' ``<name>_addr`` of each.
@@ -181,6 +192,16 @@ def _operation_document(op: Operation, components: dict[str, Any]) -> dict[str, 
         }
         for variable, name in op.path_fields.items()
     ]
+    for header, name in op.header_fields.items():
+        parameters.append(
+            {
+                "name": header,
+                "in": "header",
+                "required": True,
+                "schema": codec.field_schema(request_type, name),
+                "description": codec.comment_of(f"{request_type.full_name}.{name}"),
+            }
+        )
     for parameter, name in op.query_fields.items():
         parameters.append(
             {
@@ -318,12 +339,18 @@ _ANY_OPERATION: tuple[Code, ...] = (
 )
 #: Response headers of the error statuses that carry one.
 _ERROR_HEADERS = {
+    429: {
+        "Retry-After": {
+            "description": "Seconds until the send limit's window ends.",
+            "schema": {"type": "integer"},
+        }
+    },
     405: {
         "Allow": {
             "description": "The methods this path answers, e.g. `GET, POST`.",
             "schema": {"type": "string"},
         }
-    }
+    },
 }
 
 

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     webhook_concurrency: int = 128
     #: Seconds an endpoint has to answer a delivery (DESIGN §7.6: 15 s).
     webhook_timeout_seconds: float = 15.0
+    #: Messages one inbox or mailbox may send per minute and per day (DESIGN §7.5;
+    #: 0: no limit); over it a send is ``send_rate_limited`` (429, Retry-After).
+    send_limit_per_minute: int = 600
+    send_limit_per_day: int = 50_000
+    #: Hours an outbound delivery is retried on 4xx before it bounces (DESIGN §7.5).
+    delivery_max_hours: int = 72
     gateway_port: int = 8080
 
     #: The platform's own domain, usable by every pod (DESIGN §1).

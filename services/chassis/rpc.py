@@ -332,9 +332,19 @@ def pods_key_resolver(
     return resolve
 
 
+#: The largest gRPC message, in bytes: a 25 MB mail (MAILPLANE_MAX_MESSAGE_BYTES)
+#: with its attachments base64-free in protobuf, plus headroom; gRPC's default is 4 MB.
+MAX_MESSAGE_BYTES = 40 * 1024 * 1024
+
+
 def open_channel(address: str) -> grpc.aio.Channel:
     """Opens the process's one channel to a peer service at ``host:port``."""
     return grpc.aio.insecure_channel(
         address,
-        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 1)],
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.enable_retries", 1),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
     )

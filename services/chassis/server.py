@@ -26,7 +26,7 @@ from services.chassis import config, db, logs
 from services.chassis.auth import Access, KeyCache, Principal
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
-from services.chassis.rpc import ChassisInterceptor, pods_key_resolver
+from services.chassis.rpc import MAX_MESSAGE_BYTES, ChassisInterceptor, pods_key_resolver
 
 _log = get_logger("mailplane.server")
 HEALTH_PROBE_SECONDS = 2.0
@@ -82,7 +82,11 @@ class GrpcService:
         }
         self._server = grpc.aio.server(
             interceptors=[ChassisInterceptor(name, authenticate, internal_token, access)],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
         )
         self._tasks: list[asyncio.Task[None]] = []
         names = [s.full_name for s in servicers]

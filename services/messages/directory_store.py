@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 
 from services.messages.models import MailboxPolicy, Owner
+from services.messages.outbox_store import hold_mail, release_mail
 from services.messages.store import write_event
 
 _COLUMNS = "address, domain, kind, owner_id, account_id, pod_id, state"
@@ -285,6 +286,11 @@ class DirectoryStore:
             if recorded is None:
                 return False
             was_paused = before is not None and before["status"] == "paused"
+            owner = Owner(policy.mailbox_id, policy.account_id, policy.pod_id)
+            if policy.status == "paused" and not was_paused:
+                await hold_mail(conn, owner)
+            elif was_paused and policy.status != "paused":
+                await release_mail(conn, owner)
             if before is not None and was_paused != (policy.status == "paused"):
                 await write_event(
                     conn,

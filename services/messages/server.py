@@ -12,6 +12,8 @@ from mailplane.messages.v1 import (
     events_pb2,
     events_pb2_grpc,
     messages_pb2_grpc,
+    sending_pb2,
+    sending_pb2_grpc,
 )
 
 from services.chassis import db
@@ -33,6 +35,9 @@ from services.messages.events_api import (
     EventServicer,
     WebhookServicer,
 )
+from services.messages.outbox import Limits, Outbox
+from services.messages.outbox_api import SENDING_ACCESS, SendingServicer
+from services.messages.outbox_store import OutboxStore
 from services.messages.owners import InboxOwners, MailboxOwners
 from services.messages.service import MailService
 from services.messages.store import MailStore
@@ -93,8 +98,24 @@ async def build(settings: Settings) -> MessagesProcess:
         page_tokens=tokens,
     )
 
+    outbox_store = OutboxStore(pool)
+    outbox = Outbox(
+        outbox_store,
+        store,
+        resolve_pod,
+        Limits(
+            per_minute=settings.send_limit_per_minute,
+            per_day=settings.send_limit_per_day,
+            max_hours=settings.delivery_max_hours,
+            max_bytes=settings.max_message_bytes,
+            shared_domain=settings.shared_domain,
+        ),
+        page_tokens=tokens,
+    )
+
     async def sweep() -> None:
         await directory.sweep(settings.stale_intent_seconds)
+        await outbox_store.sweep()
 
     server = keyed_service(
         settings,
@@ -125,6 +146,12 @@ async def build(settings: Settings) -> MessagesProcess:
             WebhookServicer(webhooks),
             events_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
             WEBHOOK_ACCESS,
+        ),
+        Servicer(
+            sending_pb2_grpc.add_SendingServiceServicer_to_server,
+            SendingServicer(outbox),
+            sending_pb2.DESCRIPTOR.services_by_name["SendingService"].full_name,
+            SENDING_ACCESS,
         ),
     )
     return MessagesProcess(
