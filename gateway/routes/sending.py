@@ -10,6 +10,7 @@ from typing import Any
 from mailplane.messages.v1 import sending_pb2
 
 from gateway.operations import Json, Operation, rpc_of
+from gateway.routes.messages import MESSAGE_EXAMPLE
 
 _KEY = {"Idempotency-Key": "idempotency_key"}
 _SEND_ERRORS: tuple[Any, ...] = (
@@ -22,11 +23,7 @@ _SEND_ERRORS: tuple[Any, ...] = (
     "message_too_large",
 )
 _QUEUED: dict[str, Json] = {
-    "id": "msg_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
-    "threadId": "thr_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
-    "podId": "pod_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
-    "inboxId": "inb_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
-    "mailboxId": None,
+    **MESSAGE_EXAMPLE,
     "direction": "outbound",
     "status": "queued",
     "labels": ["sent"],
@@ -35,15 +32,23 @@ _QUEUED: dict[str, Json] = {
     "subject": "Re: Quote for 100 units",
     "messageId": "<01jd5b6q8z3y7x2w1v0t9s8r7q@mailplane.test>",
     "inReplyTo": "<CAF1234@example.com>",
-    "createdAt": "2026-03-01T12:00:00Z",
+    "references": ["<CAF1234@example.com>"],
+    "authentication": {"spf": "", "dkim": "", "dmarc": ""},
 }
 _DRAFT: dict[str, Json] = {
     "id": "drf_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
     "podId": "pod_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
     "inboxId": "inb_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
+    "mailboxId": None,
+    "inReplyToMessageId": "",
     "to": ["ada@example.com"],
+    "cc": [],
+    "bcc": [],
+    "replyTo": [],
     "subject": "Quote for 100 units",
     "text": "Hi Ada, …",
+    "html": None,
+    "labels": [],
     "sendAt": None,
     "createdAt": "2026-03-01T12:00:00Z",
     "updatedAt": "2026-03-01T12:00:00Z",
@@ -283,13 +288,4 @@ OPERATIONS = (
         errors=("not_found",),
     ),
     _STATS,
-    dataclasses.replace(
-        _STATS,
-        path="/v1/inboxes/{inbox}/stats",
-        operation_id="getInboxStats",
-        summary="An inbox's send and delivery stats",
-        tag="sending",
-        path_fields={"inbox": "inbox_id"},
-        errors=("inbox_not_found",),
-    ),
 )

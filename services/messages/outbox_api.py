@@ -383,9 +383,7 @@ class SendingServicer(sending_pb2_grpc.SendingServiceServicer):
             suppression_count=stats["suppressions"],
             daily_sends=[sending_pb2.DailySends(day=d, count=n) for d, n in stats["daily_sends"]],
         )
-        if request.inbox_id:
-            out.inbox_id = request.inbox_id
-        else:
+        if request.mailbox_id:
             out.mailbox_id = request.mailbox_id
         if stats["last_send_at"] is not None:
             out.last_send_time.CopyFrom(timestamp_of(stats["last_send_at"]))
