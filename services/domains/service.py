@@ -397,8 +397,7 @@ class DomainService:
         if len(digest) != DIGEST_BYTES:
             raise invalid_argument(
                 "digest",
-                f"must be the 32-byte SHA-256 digest of the header block; got {len(digest)} "
-                "bytes.",
+                f"must be the 32-byte SHA-256 digest of the header block; got {len(digest)} bytes.",
             )
         shared = self._config.shared_domain
         if name.strip().lower() == shared:
