@@ -127,7 +127,9 @@ async def test_a_re_created_domain_signs_with_its_new_key(
         assert again.status_code == 201, again.text
         assert dkim_value(again.json()) != dkim_value(first)
         publish(dns_zone, again.json())
-        verified = await http.post(f"/v1/domains/{again.json()['id']}/verify", headers=sender.headers)
+        verified = await http.post(
+            f"/v1/domains/{again.json()['id']}/verify", headers=sender.headers
+        )
         assert verified.json()["canSend"] is True, verified.text
         signature = await sign(name)
     assert signs(dkim_value(again.json()), signature)
