@@ -84,8 +84,9 @@ class HeaderBlock:
 
 
 def header_block(raw: bytes, domain: str, selector: str, timestamp: int) -> HeaderBlock:
-    """Builds the DKIM-Signature of ``raw`` without its signature (CPU only: about
-    0.1 ms for 4 KB).
+    """Builds the DKIM-Signature of ``raw`` without its signature (CPU only, mostly
+    dkimpy's body canonicalization: about 0.25 ms for 4 KB; run on the event loop,
+    as ``asyncio.to_thread`` measured slower, ``benchmarks/test_dkim_throughput.py``).
 
     Args:
         raw: the RFC 5322 message (CRLF or LF line endings).
