@@ -30,6 +30,7 @@ from services.chassis import db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
 from services.domains import server as domains_server
+from services.domains.records import new_dkim_private_pem
 from services.inboxes import server as inboxes_server
 from services.mailboxes import server as mailboxes_server
 from services.messages import server as messages_server
@@ -122,6 +123,7 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         internal_token=secrets.token_urlsafe(24),
         db_role_password=secrets.token_urlsafe(12),
         dkim_encryption_key=Fernet.generate_key().decode(),
+        shared_dkim_private_key=new_dkim_private_pem().decode(),
         credential_hash_key=secrets.token_urlsafe(32),
         pods_addr=f"127.0.0.1:{free_port()}",
         domains_addr=f"127.0.0.1:{free_port()}",

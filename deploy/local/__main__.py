@@ -2,9 +2,9 @@
 
 1. Secrets: ``.mailplane/settings.env`` is made on first start (service credential,
    database role password, DKIM encryption key, credential hash key, page-token
-   key, webhook secret key) and kept. Webhooks may target loopback and private
-   addresses (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this
-   machine works.
+   key, webhook secret key, the shared domain's DKIM private key) and kept.
+   Webhooks may target loopback and private addresses
+   (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this machine works.
 2. Database: ``MAILPLANE_DATABASE_URL`` if set, else an embedded PostgreSQL
    (pgserver) under ``.mailplane/pgdata``, with a ``mailplane`` database.
 3. Every service's migrations, each into its own schema under its own role.
@@ -15,6 +15,9 @@
    serving.
 5. The development account, created once; its key is kept in
    ``.mailplane/dev-api-key`` and printed with the URL.
+6. The shared domain's DKIM key (a secret of step 1): the TXT record to publish at
+   ``mailplane._domainkey.<shared domain>`` is logged at start and written to
+   ``.mailplane/shared-dkim.txt`` as a zone-file line.
 
 Each child writes to its own pipe and the launcher relays whole lines to its
 stderr, one write a line, so the lines of five processes never run together
@@ -275,6 +278,8 @@ async def _run(state: Path) -> int:
     }
     os.environ.update(env)
     settings = Settings()
+    dkim_name, dkim_value = local_settings.write_shared_dkim_record(state, settings)
+    _log.info("shared_dkim_record", name=dkim_name, type="TXT", value=dkim_value)
     out = sys.stderr.buffer
     if settings.log_format == "auto" and sys.stderr.isatty():
         env["MAILPLANE_LOG_FORMAT"] = "console"  # the children write to pipes, not the TTY
@@ -324,6 +329,8 @@ async def _run(state: Path) -> int:
             f"  SMTP:    {settings.smtp_inbound_addr}  (MX: inbound mail for the shared domain "
             f"{settings.shared_domain} and verified custom domains)\n"
             f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
+            f"  DKIM:    publish TXT {dkim_name}  (the record is in "
+            f"{state / local_settings.SHARED_DKIM_FILE})\n"
             "Ctrl-C stops everything.\n\n"
         )
         sys.stdout.flush()

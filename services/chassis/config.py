@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     #: rest; the domains service refuses to start without it (the local launcher
     #: generates one).
     dkim_encryption_key: SecretStr | None = None
+    #: The shared domain's DKIM private key (RSA, PKCS#8 PEM; newlines may be
+    #: written ``\n`` to fit one line), selector ``mailplane``: every message
+    #: from the shared domain is signed with it (DESIGN §7.5). The domains service
+    #: refuses to start without it; the local launcher generates one and writes the
+    #: TXT record to publish at ``mailplane._domainkey.<shared domain>`` to
+    #: ``<state dir>/shared-dkim.txt``.
+    shared_dkim_private_key: SecretStr | None = None
     #: HMAC-SHA-256 key under which the inboxes service stores IMAP/SMTP
     #: passwords (at least 32 bytes; the local launcher generates one). Changing
     #: it invalidates every stored password until its inbox's credentials rotate.

@@ -141,6 +141,10 @@ def reflective_call(
 def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zone) -> None:
     key = (suite.state / "dev-api-key").read_text().strip()
     assert key in suite.banner and suite.url in suite.banner
+    # The shared domain's DKIM key, made by the launcher: its record to publish.
+    dkim_record = (suite.state / "shared-dkim.txt").read_text()
+    assert dkim_record.startswith('mailplane._domainkey.mailplane.test. IN TXT "v=DKIM1; k=rsa; p=')
+    assert "mailplane._domainkey.mailplane.test" in suite.banner
     headers = {"Authorization": f"Bearer {key}"}
 
     created = httpx.post(

@@ -134,6 +134,7 @@ EXPECTED: dict[str, str] = {
     "DomainService/DeleteDomain": _CREATE_IN_POD,
     "DomainService/VerifyDomain": _CREATE_IN_POD,
     "DomainService/CountDomains": _COUNT,
+    "DomainService/SignDkim": _OPERATOR,
     "InboxService/GetInboxAddresses": _OPERATOR,
     "MailboxService/GetMailboxAddresses": _OPERATOR,
     "MessageService/ListMessages": _INBOX_READ,
@@ -624,6 +625,11 @@ def _requests() -> dict[str, Request]:
         "DomainService/VerifyDomain": lambda w: _fixed(d.VerifyDomainRequest(domain_id=w.domain)),
         "DomainService/CountDomains": lambda w: _fixed(
             d.CountDomainsRequest(pod_id=w.pod, account_id=w.account_id)
+        ),
+        "DomainService/SignDkim": lambda w: _fixed(
+            d.SignDkimRequest(
+                account_id=w.account_id, domain=w.settings.shared_domain, digest=bytes(32)
+            )
         ),
     }
 
