@@ -70,7 +70,13 @@ MAIL_PROCESSES = ("smtp", "worker")
 DEV_KEY_FILE = "dev-api-key"
 #: Settings of a development machine, unless the environment or the file says otherwise:
 #: webhooks may target a receiver on this machine (refused in production, DESIGN §7.6).
-DEVELOPMENT = {"MAILPLANE_WEBHOOK_ALLOW_PRIVATE": "true"}
+DEVELOPMENT = {
+    "MAILPLANE_WEBHOOK_ALLOW_PRIVATE": "true",
+    # The credentials an inbox is given point at this machine's listeners, so they
+    # work as handed out (DESIGN §7.1).
+    "MAILPLANE_SMTP_HOST": "127.0.0.1",
+    "MAILPLANE_SMTP_PORT": "2587",
+}
 START_TIMEOUT_SECONDS = 60.0
 #: Pause before the first restart of a child that exited, in seconds; it doubles
 #: with each restart up to ``RESTART_DELAY_MAX_SECONDS``.
@@ -267,11 +273,14 @@ class Child:
 
 async def _run(state: Path) -> int:
     file_values = local_settings.ensure_local_secrets(state)
+    cert, key_file = local_settings.ensure_dev_certificate(state)
     admin_dsn, embedded = _database_url(state, file_values)
     if embedded is not None:
         local_settings.set_env_value(state, "MAILPLANE_DATABASE_URL", admin_dsn)
     env = {
         **DEVELOPMENT,
+        "MAILPLANE_TLS_CERT": str(cert),
+        "MAILPLANE_TLS_KEY": str(key_file),
         **file_values,
         **os.environ,
         "MAILPLANE_DATABASE_URL": admin_dsn,
@@ -328,6 +337,8 @@ async def _run(state: Path) -> int:
             f"messages {settings.messages_addr}\n"
             f"  SMTP:    {settings.smtp_inbound_addr}  (MX: inbound mail for the shared domain "
             f"{settings.shared_domain} and verified custom domains)\n"
+            f"  Submit:  {settings.submission_addr} (STARTTLS), {settings.submissions_addr} "
+            "(TLS): an inbox's address and password\n"
             f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
             f"  DKIM:    publish TXT {dkim_name}  (the record is in "
             f"{state / local_settings.SHARED_DKIM_FILE})\n"

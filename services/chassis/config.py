@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     messages_addr: str = "127.0.0.1:50055"
     #: The MX listener of ``python -m services.messages smtp`` (inbound, no AUTH).
     smtp_inbound_addr: str = "127.0.0.1:2525"
+    #: SMTP submission for mail clients (RFC 6409): STARTTLS, and implicit TLS (RFC 8314).
+    submission_addr: str = "127.0.0.1:2587"
+    submissions_addr: str = "127.0.0.1:2465"
+    #: The PEM certificate chain and private key of the TLS listeners (submission,
+    #: IMAP); the local launcher makes a self-signed pair under ``.mailplane/``.
+    #: Without them the submission listeners do not start.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: The largest message the SMTP edge accepts, in bytes (advertised with SIZE).
     max_message_bytes: int = 25 * 1024 * 1024
     #: Messages waiting in the spool beyond which the SMTP edge answers RCPT with

@@ -1,7 +1,8 @@
 """``python -m services.messages serve|smtp|worker|migrate`` (DESIGN §7.1).
 
 - ``serve``: gRPC (messages, threads, address routes, events, webhooks).
-- ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``).
+- ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``) and SMTP submission
+  (``MAILPLANE_SUBMISSION_ADDR``, ``MAILPLANE_SUBMISSIONS_ADDR``).
 - ``worker``: ingest of the spool and webhook delivery (and, as they arrive, deliveries).
 - ``migrate``: the schema.
 """
@@ -10,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 
 from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
+from services.chassis.rpc import open_channel
 from services.chassis.server import service_main
 from services.messages.dispatch import Dispatcher, SecretBox, Sender
 from services.messages.edge import serve_inbound
 from services.messages.event_log import EventListener
 from services.messages.ingest import Ingest, sender_authentication
+from services.messages.outbox_store import OutboxStore, SenderRow
 from services.messages.resolver import SenderResolver
-from services.messages.server import MIGRATIONS, NAME, build
+from services.messages.server import MIGRATIONS, NAME, build, outbox_of
 from services.messages.store import MailStore
+from services.messages.submission import InboxLogins, SubmissionHandler, serve_submission
 
 _log = get_logger("mailplane.messages")
 
@@ -39,24 +44,69 @@ async def _until_signal(start: Callable[[], Awaitable[Callable[[], Awaitable[Non
 
 
 async def smtp(settings: Settings) -> None:
-    """The MX listener, until SIGTERM."""
+    """The MX listener and, with a TLS certificate, the submission listeners
+    (STARTTLS and implicit TLS), until SIGTERM."""
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
-    host, port = settings.smtp_inbound_addr.rsplit(":", 1)
+    inboxes_channel = open_channel(settings.inboxes_addr)
+    pods_channel = open_channel(settings.pods_addr)
 
     async def start() -> Callable[[], Awaitable[None]]:
-        server = await serve_inbound(
-            MailStore(pool),
-            settings.shared_domain,
-            host,
-            int(port),
-            settings.max_message_bytes,
-            settings.mail_host,
-            settings.spool_high_water,
-        )
+        host, port = settings.smtp_inbound_addr.rsplit(":", 1)
+        servers = [
+            await serve_inbound(
+                MailStore(pool),
+                settings.shared_domain,
+                host,
+                int(port),
+                settings.max_message_bytes,
+                settings.mail_host,
+                settings.spool_high_water,
+            )
+        ]
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+            outbox = outbox_of(settings, pool, pods_channel)
+            store = OutboxStore(pool)
+
+            async def sender(account_id: str, inbox_id: str) -> SenderRow | None:
+                return await store.sender(account_id, inbox_id, settings.shared_domain)
+
+            handler = SubmissionHandler(
+                outbox,
+                InboxLogins(
+                    inboxes_channel,
+                    settings.peer_deadline_seconds,
+                    settings.internal_token.get_secret_value(),
+                ),
+                sender,
+            )
+            for address, implicit in (
+                (settings.submission_addr, False),
+                (settings.submissions_addr, True),
+            ):
+                sub_host, sub_port = address.rsplit(":", 1)
+                servers.append(
+                    await serve_submission(
+                        handler,
+                        tls,
+                        sub_host,
+                        int(sub_port),
+                        implicit_tls=implicit,
+                        max_bytes=settings.max_message_bytes,
+                        hostname=settings.mail_host,
+                    )
+                )
+        else:
+            _log.warning("submission_disabled", reason="MAILPLANE_TLS_CERT/KEY unset")
 
         async def finish() -> None:
-            server.close()
-            await server.wait_closed()
+            for server in servers:
+                server.close()
+            for server in servers:
+                await server.wait_closed()
+            await inboxes_channel.close()
+            await pods_channel.close()
             await pool.close()
 
         return finish

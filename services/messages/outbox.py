@@ -30,6 +30,7 @@ from services.messages import compose, mime
 from services.messages.compose import Attachment, Composition
 from services.messages.models import Message
 from services.messages.outbox_store import Draft, OutboxStore, SenderRow, Suppression
+from services.messages.policy import bare_address
 from services.messages.service import (
     PodResolver,
     Scope,
@@ -110,7 +111,7 @@ class Outbox:
         limits: Limits,
         *,
         page_tokens: PageTokens,
-    ):
+    ) -> None:
         self._store = store
         self._mail = mail
         self._resolve_pod = resolve_pod
@@ -205,15 +206,7 @@ class Outbox:
     ) -> Message:
         self._check_sender(sender)
         compose.check_composition(composition, self._limits.max_bytes)
-        owner = sender.owner
-        suppressed = await self._store.suppressed(owner.account_id, composition.recipients)
-        if suppressed is not None:
-            raise MailplaneError(
-                "recipient_suppressed",
-                f"{suppressed} is on this account's suppression list (a bounce or a manual "
-                "entry); remove it from the list or drop the recipient.",
-                {"address": suppressed},
-            )
+        await self.check_recipients(sender, composition.recipients)
         message_id = ids.new_id("msg")
         now = datetime.now(UTC)
         in_reply_to: str | None = None
@@ -245,6 +238,84 @@ class Outbox:
             max_hours=self._limits.max_hours,
             id=message_id,
         )
+        return await self._queue(sender, thread_id, parsed, raw, outbound, idempotency, draft)
+
+    async def check_recipients(self, sender: SenderRow, recipients: Sequence[str]) -> None:
+        """Refuses a send to an address the account suppresses.
+
+        Raises:
+            MailplaneError: ``recipient_suppressed`` naming the address.
+        """
+        suppressed = await self._store.suppressed(sender.owner.account_id, recipients)
+        if suppressed is not None:
+            raise MailplaneError(
+                "recipient_suppressed",
+                f"{suppressed} is on this account's suppression list (a bounce or a manual "
+                "entry); remove it from the list or drop the recipient.",
+                {"address": suppressed},
+            )
+
+    async def submit(
+        self, sender: SenderRow, raw: bytes, recipients: Sequence[str], idempotency: Idempotency
+    ) -> Message:
+        """Queues a message a mail client submitted (SMTP submission, RFC 6409):
+        the bytes as written, to the envelope's recipients, by the same rules as
+        the API (pause, domain, suppressions, limits, events). The key is the
+        message's Message-ID, so a client that resubmits after a lost reply sends
+        nothing twice.
+
+        Raises:
+            MailplaneError: as :meth:`send`, and ``message_too_large``.
+        """
+        self._check_sender(sender)
+        if len(raw) > self._limits.max_bytes:
+            raise MailplaneError(
+                "message_too_large", f"The message is larger than {self._limits.max_bytes} bytes."
+            )
+        await self.check_recipients(sender, recipients)
+        taken, stored_hash, response = await self._store.claim_key(
+            sender.owner.account_id, idempotency.key, idempotency.request_sha256
+        )
+        if not taken:
+            if stored_hash != idempotency.request_sha256:
+                raise MailplaneError(
+                    "idempotency_key_reused",
+                    "This Message-ID was already sent with other content; give it a new one.",
+                )
+            if response is None:
+                raise MailplaneError(
+                    "idempotency_key_in_use", "This message is being sent; retry in a moment."
+                )
+            raise _Replay(bytes(response))
+        try:
+            parsed = mime.parse(raw)
+            message_id = ids.new_id("msg")
+            header_recipients = {bare_address(a) for a in [*parsed.to, *parsed.cc]}
+            outbound = Outbound(
+                recipients=[r.lower() for r in recipients],
+                return_path=return_path_of(sender.address, message_id),
+                bcc=[r for r in recipients if r.lower() not in header_recipients],
+                max_hours=self._limits.max_hours,
+                id=message_id,
+            )
+            return await self._queue(sender, None, parsed, raw, outbound, idempotency, None)
+        except BaseException:
+            await self._store.forget_key(sender.owner.account_id, idempotency.key)
+            raise
+
+    async def _queue(
+        self,
+        sender: SenderRow,
+        thread_id: str | None,
+        parsed: mime.Parsed,
+        raw: bytes,
+        outbound: Outbound,
+        idempotency: Idempotency | None,
+        draft: Draft | None,
+    ) -> Message:
+        """Counts the send, stores and queues the message, records the key's
+        response (and a sent draft's end), in one transaction."""
+        owner = sender.owner
         async with self._mail.pool.acquire() as conn, conn.transaction():
             taken = draft is None or await OutboxStore.take_draft(conn, owner.account_id, draft.id)
             if not taken:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+import grpc
 from mailplane.messages.v1 import (
     addresses_pb2,
     addresses_pb2_grpc,
@@ -56,6 +58,30 @@ class MessagesProcess(ServiceProcess[MailService]):
     directory: AddressDirectory | None = None
 
 
+def outbox_of(settings: Settings, pool: asyncpg.Pool, pods_channel: grpc.aio.Channel) -> Outbox:
+    """The send path (DESIGN §7.5) over ``pool``, for the gRPC API and submission."""
+    pods = PodsClient(
+        pods_channel, settings.peer_deadline_seconds, settings.internal_token.get_secret_value()
+    )
+
+    async def resolve_pod(ref: str) -> str:
+        return (await pods.get_pod(ref)).id
+
+    return Outbox(
+        OutboxStore(pool),
+        MailStore(pool),
+        resolve_pod,
+        Limits(
+            per_minute=settings.send_limit_per_minute,
+            per_day=settings.send_limit_per_day,
+            max_hours=settings.delivery_max_hours,
+            max_bytes=settings.max_message_bytes,
+            shared_domain=settings.shared_domain,
+        ),
+        page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
+    )
+
+
 async def build(settings: Settings) -> MessagesProcess:
     """Builds the messages service's gRPC side from settings; the caller starts ``grpc``."""
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
@@ -99,19 +125,7 @@ async def build(settings: Settings) -> MessagesProcess:
     )
 
     outbox_store = OutboxStore(pool)
-    outbox = Outbox(
-        outbox_store,
-        store,
-        resolve_pod,
-        Limits(
-            per_minute=settings.send_limit_per_minute,
-            per_day=settings.send_limit_per_day,
-            max_hours=settings.delivery_max_hours,
-            max_bytes=settings.max_message_bytes,
-            shared_domain=settings.shared_domain,
-        ),
-        page_tokens=tokens,
-    )
+    outbox = outbox_of(settings, pool, pods_channel)
 
     async def sweep() -> None:
         await directory.sweep(settings.stale_intent_seconds)
