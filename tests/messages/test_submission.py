@@ -9,6 +9,7 @@ import smtplib
 import ssl
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,13 @@ from tests.conftest import Services, Tenant, free_port
 from tests.messages.test_inbound import route
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def submission(
-    services: Services, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+@asynccontextmanager
+async def listening(
+    services: Services, settings: Settings, folder: Path
 ) -> AsyncIterator[tuple[int, int, Path]]:
-    """The STARTTLS and implicit-TLS listeners; yields their ports and the CA file."""
-    cert, key = ensure_dev_certificate(tmp_path_factory.mktemp("tls"))
+    """Runs the STARTTLS and implicit-TLS listeners with a fresh certificate in
+    ``folder``; yields their ports and the certificate (its own CA)."""
+    cert, key = ensure_dev_certificate(folder)
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
     inboxes, pods = open_channel(settings.inboxes_addr), open_channel(settings.pods_addr)
@@ -60,12 +62,23 @@ async def submission(
         )
         for port, implicit in zip(ports, (False, True), strict=True)
     ]
-    yield ports[0], ports[1], cert
-    for server in servers:
-        server.close()
-        await server.wait_closed()
-    await inboxes.close()
-    await pods.close()
+    try:
+        yield ports[0], ports[1], cert
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        await inboxes.close()
+        await pods.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def submission(
+    services: Services, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[int, int, Path]]:
+    """The submission listeners; yields their ports and the CA file."""
+    async with listening(services, settings, tmp_path_factory.mktemp("tls")) as found:
+        yield found
 
 
 async def new_inbox(http: httpx.AsyncClient, services: Services, tenant: Tenant) -> dict[str, Any]:
