@@ -11,7 +11,7 @@ PROTO_STAMP := protos/.generated
 # apt-get needs root: sudo unless we are root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup proto run test lint format bench bench-tools clean
+.PHONY: help setup proto run test lint format bench bench-tools ship-tools image clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -60,6 +60,13 @@ bench-tools: ## install the load generators `make bench` drives (wrk, h2load, Po
 	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v smtp-sink >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends wrk nghttp2-client postfix; }
+
+ship-tools: ## install what the deploy tests need (Docker engine, debootstrap, Patroni, etcd, PostgreSQL 15) if missing
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null && command -v patroni >/dev/null \
+		&& command -v etcd >/dev/null && [ -x /usr/lib/postgresql/15/bin/postgres ] || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends docker.io debootstrap patroni etcd-server \
+			postgresql-15 python3-psycopg2; }
 
 clean: ## remove the environment and generated code (keeps .mailplane/ data)
 	rm -rf .tools .venv $(PROTO_STAMP)
