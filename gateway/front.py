@@ -43,6 +43,29 @@ class Front:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        #: Each endpoint's path template, found once (the routing table is fixed).
+        self._templates: dict[Any, str] = {}
+
+    def _route_of(self, scope: Scope) -> str:
+        """The matched route's path template (``/v1/pods/{pod}``), or ``unmatched``.
+
+        FastAPI's own routes leave ``scope["route"]``; the operation table's
+        plain Starlette routes leave only ``scope["endpoint"]``, looked up once in
+        the app's routes."""
+        route = scope.get("route")
+        if route is not None:
+            return str(getattr(route, "path", "unmatched"))
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return "unmatched"
+        template = self._templates.get(endpoint)
+        if template is None:
+            routes = getattr(scope.get("app"), "routes", ())
+            template = next(
+                (r.path for r in routes if getattr(r, "endpoint", None) is endpoint), "unmatched"
+            )
+            self._templates[endpoint] = template
+        return template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,7 +87,7 @@ class Front:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = self._route_of(scope)
             metrics.observe_http(scope["method"], route, status[0], seconds)
             fields: dict[str, Any] = {
                 "method": scope["method"],

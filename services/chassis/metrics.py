@@ -220,3 +220,29 @@ def serve(host: str, port: int) -> int | None:
     bound = int(server.server_address[1])
     _log.info("metrics_listening", address=f"{host}:{bound}")
     return bound
+
+
+class CountedReplies:
+    """An aiosmtpd handler that counts the replies of the handler it wraps to RCPT
+    and DATA in ``mailplane_smtp_transactions_total{listener}``; every other hook
+    and attribute is the wrapped handler's.
+
+    Args:
+        handler: the aiosmtpd handler (with ``handle_RCPT`` and ``handle_DATA``).
+        listener: the label of the listener (``mx``, ``submission``).
+    """
+
+    def __init__(self, handler: Any, listener: str):
+        self._handler = handler
+        self._listener = listener
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+    async def handle_RCPT(self, *args: Any) -> str:
+        """The wrapped ``handle_RCPT``'s reply, counted."""
+        return smtp_reply(self._listener, await self._handler.handle_RCPT(*args))
+
+    async def handle_DATA(self, *args: Any) -> str:
+        """The wrapped ``handle_DATA``'s reply, counted."""
+        return smtp_reply(self._listener, await self._handler.handle_DATA(*args))

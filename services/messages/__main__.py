@@ -16,6 +16,7 @@ from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
 from services.chassis.server import service_main
+from services.messages import queues
 from services.messages.dispatch import Dispatcher, SecretBox, Sender
 from services.messages.edge import serve_inbound
 from services.messages.event_log import EventListener
@@ -88,6 +89,7 @@ async def worker(settings: Settings) -> None:
         tasks = [
             asyncio.create_task(ingest.run_forever(settings.service_dsn(NAME))),
             asyncio.create_task(dispatcher.run_forever()),
+            asyncio.create_task(queues.sample_forever(pool)),
         ]
         _log.info("worker_started")
 
