@@ -35,7 +35,7 @@ proto: $(PROTO_STAMP) ## generate mailplane.<api>.v1.<api>_pb2 from protos/
 run: setup ## start the whole suite (embedded PostgreSQL unless MAILPLANE_DATABASE_URL is set)
 	$(VENV_PY) -m deploy.local
 
-test: setup ## run every test against real PostgreSQL and real servers
+test: setup ship-tools ## run every test against real PostgreSQL and real servers
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup ## buf lint + buf format, ruff check + ruff format --check, mypy
@@ -67,6 +67,9 @@ ship-tools: ## install what the deploy tests need (Docker engine, debootstrap, P
 		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends docker.io debootstrap patroni etcd-server \
 			postgresql-15 python3-psycopg2; }
+
+image: setup ship-tools ## build the container image mailplane:dev (no registry needed; deploy/docker/)
+	deploy/docker/build-image.sh mailplane:dev
 
 clean: ## remove the environment and generated code (keeps .mailplane/ data)
 	rm -rf .tools .venv $(PROTO_STAMP)
