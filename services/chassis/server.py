@@ -38,6 +38,10 @@ from services.chassis.rpc import ChassisInterceptor, configure_channels, pods_ke
 
 _log = get_logger("mailplane.server")
 HEALTH_PROBE_SECONDS = 2.0
+#: A health service name that is SERVING from start to shutdown whatever the
+#: database does: a liveness probe asks it, so an outage makes a process unready
+#: (the others' names) without getting it restarted.
+LIVENESS_SERVICE = "mailplane.Liveness"
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class GrpcService:
             else self._server.add_secure_port(address, credentials)
         )
         await self._set_health(False)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()
         if health_port:
             self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
