@@ -230,9 +230,9 @@ def cluster() -> Iterator[Cluster]:
     try:
         running.start()
         leader = next(n for n in running.nodes if n["name"] == running.leader())
+        psql = [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(leader["pg"]), "-U", "postgres"]
         made = subprocess.run(
-            [str(PG_BIN.parent / "bin/psql"), "-h", "127.0.0.1", "-p", str(leader["pg"])]
-            + ["-U", "postgres", "-c", "CREATE DATABASE mailplane"],
+            [*psql, "-c", "CREATE DATABASE mailplane"],
             env={**os.environ, "PGPASSWORD": PASSWORD},
             capture_output=True,
             text=True,
