@@ -98,8 +98,12 @@ async def test_the_migrate_step_and_the_probe_run_for_real(
         "MAILPLANE_DB_ROLE_PASSWORD": settings.db_role_password.get_secret_value(),
         "MAILPLANE_LOG_FORMAT": "json",
     }
-    migrated = subprocess.run(
-        [sys.executable, "-m", "deploy.migrate"], cwd=REPO_ROOT, env=env, capture_output=True
+    migrated = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "deploy.migrate"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
     )
     assert migrated.returncode == 0, migrated.stderr[-2000:]
     assert migrated.stderr.count(b'"migrated"') == 5
