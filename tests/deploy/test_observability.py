@@ -234,6 +234,7 @@ def test_one_request_is_one_trace_from_the_gateway_to_sql(
     deadline = time.monotonic() + 15  # spans are exported in batches, every second
     while time.monotonic() < deadline and not (
         wanted <= seen()
+        and "mailplane-gateway" in {s["service"] for s in spans()}
         and {s["service"] for s in spans() if s["attributes"].get("db.system") == "postgresql"}
         >= {"mailplane-pods", "mailplane-inboxes"}
     ):
