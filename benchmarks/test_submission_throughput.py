@@ -49,7 +49,7 @@ async def _load(port: int, user: str, password: str, cafile: Path) -> dict[str, 
 
 
 class _Discard:
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return "250 2.0.0 OK"
 
 

@@ -13,7 +13,10 @@
    doubles from ``RESTART_DELAY_SECONDS`` to ``RESTART_DELAY_MAX_SECONDS`` (back to
    the start once it has stayed up ``STABLE_SECONDS``), while the others keep
    serving.
-5. The development account, created once; its key is kept in
+5. Metrics: with ``MAILPLANE_METRICS_PORT=N`` set, each child serves ``/metrics`` on a
+   port of its own, ``N``, ``N+1`` … in the order of the banner's list (0, the
+   default: none).
+6. The development account, created once; its key is kept in
    ``.mailplane/dev-api-key`` and printed with the URL.
 6. The shared domain's DKIM key (a secret of step 1): the TXT record to publish at
    ``mailplane._domainkey.<shared domain>`` is logged at start and written to
@@ -209,7 +212,7 @@ class Child:
     def __init__(self, name: str, args: Sequence[str], env: dict[str, str], out: BinaryIO):
         self.name = name
         self._args = args
-        self._env = env
+        self.env = env
         self._out = out
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
@@ -227,7 +230,7 @@ class Child:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *self._args,
-                env=self._env,
+                env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -300,6 +303,11 @@ async def _run(state: Path) -> int:
         ),
         Child("gateway", ("-m", "gateway"), env, out),
     ]
+    metrics_ports: dict[str, int] = {}
+    if settings.metrics_port:
+        for offset, child in enumerate(children):
+            metrics_ports[child.name] = settings.metrics_port + offset
+            child.env = {**env, "MAILPLANE_METRICS_PORT": str(metrics_ports[child.name])}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -339,7 +347,14 @@ async def _run(state: Path) -> int:
             f"{settings.shared_domain} and verified custom domains)\n"
             f"  Submit:  {settings.submission_addr} (STARTTLS), {settings.submissions_addr} "
             "(TLS): an inbox's address and password\n"
-            f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
+            + (
+                "  Metrics: "
+                + ", ".join(f"{name} :{port}" for name, port in metrics_ports.items())
+                + "  (/metrics)\n"
+                if metrics_ports
+                else ""
+            )
+            + f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
             f"  DKIM:    publish TXT {dkim_name}  (the record is in "
             f"{state / local_settings.SHARED_DKIM_FILE})\n"
             "Ctrl-C stops everything.\n\n"

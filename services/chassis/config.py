@@ -11,6 +11,7 @@ development default, or the process refuses to start naming the settings.
 
 from __future__ import annotations
 
+import ipaddress
 import types
 import typing
 from pathlib import Path
@@ -146,6 +147,24 @@ class Settings(BaseSettings):
     log_format: str = "auto"
     log_level: str = "info"
 
+    #: Port of this process's Prometheus ``/metrics`` listener, on ``bind_host``;
+    #: 0 (the default) starts none (``services.chassis.metrics``).
+    metrics_port: int = 0
+    #: OTLP/HTTP endpoint traces are exported to (``http://collector:4318``);
+    #: empty (the default) turns tracing off (``services.chassis.tracing``).
+    otlp_endpoint: str = ""
+    #: TLS between services (``services.chassis.tls``): this process's PEM
+    #: certificate chain and key (served by gRPC servers; presented by clients
+    #: when ``grpc_tls_client_auth``), and the PEM bundle peers must chain to.
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_tls_ca: Path | None = None
+    #: Mutual TLS: servers require a client certificate issued by ``grpc_tls_ca``.
+    grpc_tls_client_auth: bool = False
+    #: Port of a plaintext gRPC listener serving only ``grpc.health.v1.Health``
+    #: (for Kubernetes ``grpc:`` probes, which speak no TLS); 0 starts none.
+    grpc_health_port: int = 0
+
     @model_validator(mode="after")
     def _refuse_development_secrets(self) -> Settings:
         """In production, refuses secret settings left unset or at their
@@ -163,6 +182,24 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MAILPLANE_ENV={self.env} needs every secret set to a value of its own; "
                 f"unset or left at the development default: {', '.join(refused)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_plaintext_off_loopback(self) -> Settings:
+        """Refuses gRPC in plaintext on an interface other than loopback, and a
+        half-configured TLS (a certificate without its key; mutual TLS without a
+        CA or a certificate). Plaintext is for a development machine only."""
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("MAILPLANE_GRPC_TLS_CERT and MAILPLANE_GRPC_TLS_KEY go together")
+        if self.grpc_tls_client_auth and (self.grpc_tls_ca is None or self.grpc_tls_cert is None):
+            raise ValueError(
+                "MAILPLANE_GRPC_TLS_CLIENT_AUTH needs MAILPLANE_GRPC_TLS_CA and a certificate"
+            )
+        if self.grpc_tls_cert is None and not is_loopback(self.bind_host):
+            raise ValueError(
+                f"MAILPLANE_BIND_HOST={self.bind_host} is not loopback: gRPC between services "
+                "needs TLS there; set MAILPLANE_GRPC_TLS_CERT, _KEY and _CA"
             )
         return self
 
@@ -225,6 +262,16 @@ def from_environment(**kwargs: Any) -> Settings:
             for error in exc.errors()
         )
         raise SystemExit(f"Mailplane refuses to start: {reasons}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Tells whether ``host`` (an address or ``localhost``) is a loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def role_name(service: str) -> str:

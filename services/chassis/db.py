@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions import TargetServerAttributeNotMatched
 
+from services.chassis import metrics
 from services.chassis.config import role_name
 from services.chassis.errors import MailplaneError
 from services.chassis.logs import get_logger
@@ -135,6 +136,7 @@ async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
         timeout=CONNECT_TIMEOUT_SECONDS,
     )
     assert pool is not None
+    metrics.track_pool(schema, pool)
     return pool
 
 

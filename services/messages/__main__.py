@@ -19,6 +19,7 @@ from services.chassis.config import Settings
 from services.chassis.logs import get_logger
 from services.chassis.rpc import open_channel
 from services.chassis.server import service_main
+from services.messages import queues
 from services.messages.dispatch import Dispatcher, SecretBox, Sender
 from services.messages.edge import serve_inbound
 from services.messages.event_log import EventListener
@@ -138,6 +139,7 @@ async def worker(settings: Settings) -> None:
         tasks = [
             asyncio.create_task(ingest.run_forever(settings.service_dsn(NAME))),
             asyncio.create_task(dispatcher.run_forever()),
+            asyncio.create_task(queues.sample_forever(pool)),
         ]
         _log.info("worker_started")
 
