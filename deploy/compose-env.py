@@ -4,6 +4,7 @@ PostgreSQL superuser's password). Standard library only, so it runs anywhere."""
 
 import base64
 import secrets
+import subprocess
 
 values = {
     "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
@@ -14,5 +15,14 @@ values = {
     # Fernet keys: urlsafe base64 of 32 random bytes.
     "MAILPLANE_DKIM_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     "MAILPLANE_WEBHOOK_SECRET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    # The shared domain's DKIM key (RSA-2048, PKCS#8 PEM on one line, newlines as \n).
+    "MAILPLANE_SHARED_DKIM_PRIVATE_KEY": subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    .stdout.strip()
+    .replace("\n", "\\n"),
 }
 print("\n".join(f"{name}={value}" for name, value in values.items()))

@@ -262,6 +262,12 @@ def suite_on_cluster(
         log.close()
 
 
+def _errors(suite: Suite) -> list[str]:
+    """The suite's logged errors (their last lines), to say why an answer was wrong."""
+    log = (suite.state / "suite.log").read_text(errors="replace").splitlines()
+    return [line[-1500:] for line in log if '"level":"error"' in line][-5:]
+
+
 def test_the_suite_rides_out_a_leader_failover_with_503s_and_loses_nothing(
     cluster: Cluster, suite_on_cluster: Suite
 ) -> None:
@@ -285,7 +291,7 @@ def test_the_suite_rides_out_a_leader_failover_with_503s_and_loses_nothing(
             if answer.status_code == 201:
                 acknowledged.append(client_id)
             else:
-                assert answer.status_code == 503, answer.text
+                assert answer.status_code == 503, (answer.text, _errors(suite))
                 assert answer.json()["error"] == "unavailable"
             return answer.status_code
 
