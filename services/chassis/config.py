@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     messages_addr: str = "127.0.0.1:50055"
     #: The MX listener of ``python -m services.messages smtp`` (inbound, no AUTH).
     smtp_inbound_addr: str = "127.0.0.1:2525"
+    #: The IMAP listener of ``python -m services.messages imap`` (implicit TLS).
+    imap_addr: str = "127.0.0.1:1993"
+    #: PEM certificate chain and private key of the TLS listeners (the local
+    #: launcher makes a self-signed pair under ``.mailplane/``).
+    tls_cert: str = ".mailplane/tls/cert.pem"
+    tls_key: str = ".mailplane/tls/key.pem"
+    #: Failed IMAP logins allowed per username, and per client IP, in
+    #: ``login_failure_window_seconds``; past either, logins are refused unchecked.
+    login_failures_per_user: int = 5
+    login_failures_per_ip: int = 20
+    login_failure_window_seconds: float = 300.0
     #: The largest message the SMTP edge accepts, in bytes (advertised with SIZE).
     max_message_bytes: int = 25 * 1024 * 1024
     #: Messages waiting in the spool beyond which the SMTP edge answers RCPT with

@@ -1,7 +1,8 @@
-"""``python -m services.messages serve|smtp|worker|migrate`` (DESIGN §7.1).
+"""``python -m services.messages serve|smtp|imap|worker|migrate`` (DESIGN §7.1).
 
 - ``serve``: gRPC (messages, threads, address routes, events, webhooks).
 - ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``).
+- ``imap``: IMAP4rev1 with implicit TLS (``MAILPLANE_IMAP_ADDR``).
 - ``worker``: ingest of the spool and webhook delivery (and, as they arrive, deliveries).
 - ``migrate``: the schema.
 """
@@ -15,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from services.chassis import db
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
+from services.chassis.rpc import open_channel
 from services.chassis.server import service_main
 from services.messages.dispatch import Dispatcher, SecretBox, Sender
 from services.messages.edge import serve_inbound
 from services.messages.event_log import EventListener
+from services.messages.imap import ImapFront, LoginThrottle, tls_context
 from services.messages.ingest import Ingest, sender_authentication
 from services.messages.resolver import SenderResolver
 from services.messages.server import MIGRATIONS, NAME, build
@@ -57,6 +60,38 @@ async def smtp(settings: Settings) -> None:
         async def finish() -> None:
             server.close()
             await server.wait_closed()
+            await pool.close()
+
+        return finish
+
+    await _until_signal(start)
+
+
+async def imap(settings: Settings) -> None:
+    """The IMAP listener, until SIGTERM."""
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    host, port = settings.imap_addr.rsplit(":", 1)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        inboxes_channel = open_channel(settings.inboxes_addr)
+        front = ImapFront(
+            pool,
+            settings.service_dsn(NAME),
+            inboxes_channel,
+            settings.peer_deadline_seconds,
+            settings.internal_token.get_secret_value(),
+            LoginThrottle(
+                settings.login_failures_per_user,
+                settings.login_failures_per_ip,
+                settings.login_failure_window_seconds,
+            ),
+            tls_context(settings.tls_cert, settings.tls_key),
+        )
+        await front.start(host, int(port))
+
+        async def finish() -> None:
+            await front.close()
+            await inboxes_channel.close()
             await pool.close()
 
         return finish
@@ -105,4 +140,4 @@ async def worker(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
-    service_main(NAME, MIGRATIONS, build, {"smtp": smtp, "worker": worker})
+    service_main(NAME, MIGRATIONS, build, {"smtp": smtp, "imap": imap, "worker": worker})
