@@ -623,9 +623,12 @@ class Folder:
         ``wait_on`` (IDLE), first waits for it or for a change to the owner."""
         if wait_on is not None:
             with self._wakeups.waiting(self.owner.id) as changed:
-                # Registered before looking, so a change after the look wakes us.
+                # Both registered before looking, so a change or a DONE that comes
+                # while we look still wakes us.
+                either = wait_on.or_event(changed)
                 if await self._store.last_value(self.owner) <= (selected.mod_sequence or 0):
-                    await wait_on.or_event(changed).wait()
+                    if not wait_on.is_set():
+                        await either.wait()
         changes = await self._store.changes(self.owner, self.name, selected.mod_sequence)
         selected.mod_sequence = changes.modseq
         loader = self._loader(changes.rows)

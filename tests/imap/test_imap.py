@@ -146,3 +146,271 @@ async def test_wrong_password_is_refused(
     refused = await asyncio.to_thread(attempt, imap["password"] + "x")
     assert "AUTHENTICATIONFAILED" in refused or "wrong" in refused
     assert await asyncio.to_thread(attempt, imap["password"]) == "OK"
+
+
+async def test_seen_and_keywords_are_labels_both_ways(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Flags")
+    imap = inbox["credentials"]["imap"]
+    client = await asyncio.to_thread(login, imap_listener, imap)
+    try:
+        await asyncio.to_thread(client.select, "INBOX")
+        # IMAP → REST: \Seen removes `unread`, a keyword becomes a label.
+        stored = await asyncio.to_thread(client.store, "1", "+FLAGS", "(\\Seen vip)")
+        assert stored[0] == "OK"
+        rest = await rest_message(http, tenant, inbox)
+        assert "unread" not in rest["labels"] and "vip" in rest["labels"]
+        assert "received" in rest["labels"]
+        # REST → IMAP: `unread` clears \Seen, a label shows as a keyword.
+        patched = await http.patch(
+            f"/v1/messages/{rest['id']}",
+            json={"addLabels": ["unread", "follow-up"], "removeLabels": ["vip"]},
+            headers=tenant.headers,
+        )
+        assert patched.status_code == 200, patched.text
+        _, fetched = await asyncio.to_thread(client.fetch, "1", "(FLAGS)")
+        assert flags_of(fetched) == {"follow-up"}
+        # FETCH BODY[] sets \Seen (RFC 3501 §6.4.5), and REST sees it.
+        await asyncio.to_thread(client.fetch, "1", "(BODY[])")
+        assert "unread" not in (await rest_message(http, tenant, inbox))["labels"]
+    finally:
+        await asyncio.to_thread(client.logout)
+
+
+async def test_expunge_trashes_and_expunge_in_trash_deletes(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Old news")
+    imap = inbox["credentials"]["imap"]
+    rest = await rest_message(http, tenant, inbox)
+
+    def expunge(folder: str) -> tuple[Any, Any]:
+        client = login(imap_listener, imap)
+        try:
+            client.select(folder)
+            client.store("1", "+FLAGS", "(\\Deleted)")
+            expunged = client.expunge()
+            return expunged, client.select(folder)
+        finally:
+            client.logout()
+
+    expunged, inbox_after = await asyncio.to_thread(expunge, "INBOX")
+    assert expunged == ("OK", [b"1"]) and inbox_after == ("OK", [b"0"])
+    assert "trash" in (await rest_message(http, tenant, inbox))["labels"]
+
+    def move_back() -> Any:
+        client = other_client(imap_listener, imap)
+        try:
+            client.select_folder("Trash")
+            (uid,) = client.search("ALL")
+            client.move([uid], "INBOX")
+            return client.select_folder("INBOX")[b"EXISTS"]
+        finally:
+            client.logout()
+
+    assert await asyncio.to_thread(move_back) == 1
+    assert "trash" not in (await rest_message(http, tenant, inbox))["labels"]
+
+    # Trashed over REST, then expunged from Trash over IMAP: gone for good.
+    await http.patch(
+        f"/v1/messages/{rest['id']}", json={"addLabels": ["trash"]}, headers=tenant.headers
+    )
+    expunged, trash_after = await asyncio.to_thread(expunge, "Trash")
+    assert expunged == ("OK", [b"1"]) and trash_after == ("OK", [b"0"])
+    gone = await http.get(f"/v1/messages/{rest['id']}", headers=tenant.headers)
+    assert gone.status_code == 404
+
+
+async def test_uids_are_stable_and_grow_across_folders(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "One", "Two")
+    imap = inbox["credentials"]["imap"]
+
+    def uids() -> dict[str, Any]:
+        client = other_client(imap_listener, imap)
+        try:
+            first = client.select_folder("INBOX")
+            before = client.search("ALL")
+            (moved,) = client.search(["SUBJECT", "One"])
+            # COPY to Trash trashes: one message is in one folder.
+            client.copy([moved], "Trash")
+            again = client.select_folder("INBOX")
+            after = client.search("ALL")
+            trash = client.select_folder("Trash")
+            return {
+                "capabilities": client.capabilities(),
+                "first": first,
+                "before": before,
+                "again": again,
+                "after": after,
+                "trash": trash,
+                "trashed": client.search("ALL"),
+            }
+        finally:
+            client.logout()
+
+    got = await asyncio.to_thread(uids)
+    assert {b"IDLE", b"UIDPLUS", b"MOVE"} <= set(got["capabilities"])
+    validity = got["first"][b"UIDVALIDITY"]
+    assert got["again"][b"UIDVALIDITY"] == got["trash"][b"UIDVALIDITY"] == validity
+    assert got["first"][b"UIDNEXT"] > max(got["before"])
+    assert len(got["before"]) == 2 and got["after"] == [max(got["before"])]
+    # Entering Trash, the message took a UID above every UID handed out before.
+    (trashed,) = got["trashed"]
+    assert trashed >= got["first"][b"UIDNEXT"]
+
+
+async def test_idle_announces_new_mail(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    imap = inbox["credentials"]["imap"]
+    client = await asyncio.to_thread(other_client, imap_listener, imap)
+    try:
+        await asyncio.to_thread(client.select_folder, "INBOX")
+        await asyncio.to_thread(client.idle)
+        await send(edge, message(inbox["email"], subject="Ping"), [inbox["email"]])
+        await drain(ingest)
+        responses = await asyncio.to_thread(client.idle_check, 30)
+        await asyncio.to_thread(client.idle_done)
+        assert (1, b"EXISTS") in responses
+        fetched = await asyncio.to_thread(client.fetch, [1], ["ENVELOPE"])
+        (envelope,) = (f[b"ENVELOPE"] for f in fetched.values())
+        assert envelope.subject == b"Ping"
+    finally:
+        await asyncio.to_thread(client.logout)
+
+
+async def test_rotation_refuses_the_old_password_at_once(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    imap_listener: Listener,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    old = inbox["credentials"]["imap"]
+    await asyncio.to_thread(lambda: login(imap_listener, old).logout())
+    rotated = await http.post(
+        f"/v1/inboxes/{inbox['id']}/rotate-credentials", headers=tenant.headers
+    )
+    assert rotated.status_code == 200, rotated.text
+    new = rotated.json()["credentials"]["imap"]
+    assert new["password"] != old["password"]
+
+    def attempt(imap: dict[str, Any]) -> bool:
+        try:
+            login(imap_listener, imap).logout()
+        except imaplib.IMAP4.error:
+            return False
+        return True
+
+    assert await asyncio.to_thread(attempt, old) is False
+    assert await asyncio.to_thread(attempt, new) is True
+
+
+async def test_failed_logins_are_throttled_per_username(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    imap_listener: Listener,
+    settings: Any,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    imap = inbox["credentials"]["imap"]
+
+    def attempt(password: str) -> str:
+        try:
+            login(imap_listener, {**imap, "password": password}).logout()
+        except imaplib.IMAP4.error as exc:
+            return str(exc)
+        return "OK"
+
+    for _ in range(settings.login_failures_per_user):
+        assert "wrong" in await asyncio.to_thread(attempt, "not-the-password")
+    # Past the limit even the right password is refused, unchecked.
+    assert "Too many failed logins" in await asyncio.to_thread(attempt, imap["password"])
+
+
+async def test_an_inbox_sees_only_its_own_mail(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    other_tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    mine = await inbox_with_mail(http, services, tenant, edge, ingest, "Mine")
+    neighbour = await inbox_with_mail(http, services, tenant, edge, ingest, "Neighbour's")
+    stranger = await inbox_with_mail(
+        http, services, other_tenant, edge, ingest, "Stranger's", "Also the stranger's"
+    )
+
+    def subjects(imap: dict[str, Any]) -> list[bytes]:
+        client = other_client(imap_listener, imap)
+        try:
+            out = []
+            for folder in ("INBOX", "Sent", "Archive", "Junk", "Trash"):
+                client.select_folder(folder)
+                uids = client.search("ALL")
+                fetched = client.fetch(uids, ["ENVELOPE"]) if uids else {}
+                out.extend(f[b"ENVELOPE"].subject for f in fetched.values())
+            return sorted(out)
+        finally:
+            client.logout()
+
+    assert await asyncio.to_thread(subjects, mine["credentials"]["imap"]) == [b"Mine"]
+    assert await asyncio.to_thread(subjects, neighbour["credentials"]["imap"]) == [b"Neighbour's"]
+    assert await asyncio.to_thread(subjects, stranger["credentials"]["imap"]) == [
+        b"Also the stranger's",
+        b"Stranger's",
+    ]
+
+    def cross_login() -> bool:
+        crossed = {**mine["credentials"]["imap"]}
+        crossed["password"] = neighbour["credentials"]["imap"]["password"]
+        try:
+            login(imap_listener, crossed).logout()
+        except imaplib.IMAP4.error:
+            return False
+        return True
+
+    assert await asyncio.to_thread(cross_login) is False
+
+
+async def test_deleting_an_inbox_closes_its_sessions(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    imap_listener: Listener,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    client = await asyncio.to_thread(login, imap_listener, inbox["credentials"]["imap"])
+    await asyncio.to_thread(client.select, "INBOX")
+    deleted = await http.delete(f"/v1/inboxes/{inbox['id']}", headers=tenant.headers)
+    assert deleted.status_code == 200, deleted.text
+    line = await asyncio.to_thread(client.readline)
+    assert line.startswith(b"* BYE"), line
+    assert await asyncio.to_thread(client.readline) == b""  # and the connection closed
