@@ -626,9 +626,9 @@ class Folder:
                 # Both registered before looking, so a change or a DONE that comes
                 # while we look still wakes us.
                 either = wait_on.or_event(changed)
-                if await self._store.last_value(self.owner) <= (selected.mod_sequence or 0):
-                    if not wait_on.is_set():
-                        await either.wait()
+                seen = selected.mod_sequence or 0
+                if await self._store.last_value(self.owner) <= seen and not wait_on.is_set():
+                    await either.wait()
         changes = await self._store.changes(self.owner, self.name, selected.mod_sequence)
         selected.mod_sequence = changes.modseq
         loader = self._loader(changes.rows)
