@@ -68,7 +68,7 @@ async def test_submission_messages_per_second(
         ours = await _load(port, smtp["username"], smtp["password"], cafile)
 
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cafile, cafile.with_name("tls-key.pem"))
+    tls.load_cert_chain(cafile, cafile.with_name("key.pem"))
     floor_port = free_port()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(

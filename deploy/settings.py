@@ -12,17 +12,11 @@ or variables. Variables set in the environment win over the file.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from services.chassis import config
 from services.chassis.config import Settings
@@ -88,54 +82,6 @@ def set_env_value(folder: Path, key: str, value: str) -> None:
     values[key] = value
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     path.chmod(0o600)
-
-
-#: The self-signed development certificate of the TLS listeners, and its key.
-DEV_CERT_FILE = "tls-cert.pem"
-DEV_KEY_FILE = "tls-key.pem"
-
-
-def ensure_dev_certificate(folder: Path) -> tuple[Path, Path]:
-    """Makes (once) a self-signed certificate for the development TLS listeners
-    (submission, IMAP): RSA-2048, valid ten years for ``localhost`` and
-    ``127.0.0.1``. Mail clients must be told to trust it or not to verify.
-
-    Returns:
-        The certificate's and the private key's paths (PEM; the key ``0600``).
-    """
-    cert_path, key_path = folder / DEV_CERT_FILE, folder / DEV_KEY_FILE
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
-    folder.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=3650))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
 
 
 def write_shared_dkim_record(folder: Path, settings: Settings) -> tuple[str, str]:

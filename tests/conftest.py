@@ -118,6 +118,7 @@ def dns_zone() -> Iterator[Zone]:
 def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
     """Settings of the in-process suite: fresh secrets, free ports, the test DNS."""
     logs.configure("debug", "json")
+    imap_port = free_port()
     return Settings(
         database_url=admin_dsn,
         internal_token=secrets.token_urlsafe(24),
@@ -131,6 +132,10 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         mailboxes_addr=f"127.0.0.1:{free_port()}",
         messages_addr=f"127.0.0.1:{free_port()}",
         smtp_inbound_addr=f"127.0.0.1:{free_port()}",
+        # The IMAP listener (tests/imap) and the credentials that name it.
+        imap_addr=f"127.0.0.1:{imap_port}",
+        imap_host="127.0.0.1",
+        imap_port=imap_port,
         gateway_port=free_port(),
         peer_deadline_seconds=3.0,
         dns_nameservers=f"127.0.0.1:{dns_zone.port}",

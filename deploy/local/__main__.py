@@ -5,6 +5,11 @@
    key, webhook secret key, the shared domain's DKIM private key) and kept.
    Webhooks may target loopback and private addresses
    (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this machine works.
+   A self-signed certificate for the TLS listeners (submission, IMAP) is made in
+   ``.mailplane/`` (``MAILPLANE_TLS_CERT``, ``MAILPLANE_TLS_KEY``), and the
+   credentials inboxes hand out name the local IMAP and submission listeners
+   (``MAILPLANE_IMAP_HOST``/``PORT`` from ``MAILPLANE_IMAP_ADDR``), so they work as
+   handed out.
 2. Database: ``MAILPLANE_DATABASE_URL`` if set, else an embedded PostgreSQL
    (pgserver) under ``.mailplane/pgdata``, with a ``mailplane`` database.
 3. Every service's migrations, each into its own schema under its own role.
@@ -48,6 +53,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from deploy import settings as local_settings
+from deploy.tls import ensure_dev_certificate
 from services.chassis import config, db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
@@ -69,7 +75,7 @@ SERVICES = (
     ("messages", messages_server.MIGRATIONS, "services.messages"),
 )
 #: The messages service's other processes (DESIGN §7.1): ``python -m services.messages …``.
-MAIL_PROCESSES = ("smtp", "worker")
+MAIL_PROCESSES = ("smtp", "imap", "worker")
 DEV_KEY_FILE = "dev-api-key"
 #: Settings of a development machine, unless the environment or the file says otherwise:
 #: webhooks may target a receiver on this machine (refused in production, DESIGN §7.6).
@@ -148,6 +154,39 @@ async def _wait_http(url: str, deadline: float) -> None:
             if loop.time() > deadline:
                 raise TimeoutError(f"{url} did not answer")
             await asyncio.sleep(0.2)
+
+
+async def _wait_tcp(address: str, deadline: float) -> None:
+    """Waits until ``host:port`` accepts a TCP connection."""
+    loop = asyncio.get_running_loop()
+    host, port = address.rsplit(":", 1)
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{address} did not accept connections") from None
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
+def _mail_client_settings(state: Path, env: dict[str, str]) -> dict[str, str]:
+    """The development certificate and the IMAP endpoint that credentials name,
+    unless the environment or the file sets them (DESIGN §7.1)."""
+    imap_addr = env.get("MAILPLANE_IMAP_ADDR", Settings.model_fields["imap_addr"].default)
+    imap_host, imap_port = imap_addr.rsplit(":", 1)
+    cert, key = ensure_dev_certificate(state / "tls", [imap_host])
+    wanted = {
+        "MAILPLANE_TLS_CERT": str(cert.resolve()),
+        "MAILPLANE_TLS_KEY": str(key.resolve()),
+        "MAILPLANE_IMAP_HOST": imap_host,
+        "MAILPLANE_IMAP_PORT": imap_port,
+    }
+    return {k: v for k, v in wanted.items() if k not in env}
 
 
 async def _dev_api_key(settings: Settings, state: Path) -> str:
@@ -276,18 +315,16 @@ class Child:
 
 async def _run(state: Path) -> int:
     file_values = local_settings.ensure_local_secrets(state)
-    cert, key_file = local_settings.ensure_dev_certificate(state)
     admin_dsn, embedded = _database_url(state, file_values)
     if embedded is not None:
         local_settings.set_env_value(state, "MAILPLANE_DATABASE_URL", admin_dsn)
     env = {
         **DEVELOPMENT,
-        "MAILPLANE_TLS_CERT": str(cert),
-        "MAILPLANE_TLS_KEY": str(key_file),
         **file_values,
         **os.environ,
         "MAILPLANE_DATABASE_URL": admin_dsn,
     }
+    env.update(_mail_client_settings(state, env))
     os.environ.update(env)
     settings = Settings()
     dkim_name, dkim_value = local_settings.write_shared_dkim_record(state, settings)
@@ -326,6 +363,7 @@ async def _run(state: Path) -> int:
         starting = asyncio.gather(
             *(_wait_serving(address, deadline) for address in addresses),
             _wait_http(f"{base_url}/healthz", deadline),
+            _wait_tcp(settings.imap_addr, deadline),
         )
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -347,6 +385,8 @@ async def _run(state: Path) -> int:
             f"{settings.shared_domain} and verified custom domains)\n"
             f"  Submit:  {settings.submission_addr} (STARTTLS), {settings.submissions_addr} "
             "(TLS): an inbox's address and password\n"
+            f"  IMAP:    {settings.imap_addr}  (implicit TLS; self-signed certificate "
+            f"{settings.tls_cert})\n"
             + (
                 "  Metrics: "
                 + ", ".join(f"{name} :{port}" for name, port in metrics_ports.items())

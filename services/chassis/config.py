@@ -67,11 +67,18 @@ class Settings(BaseSettings):
     #: SMTP submission for mail clients (RFC 6409): STARTTLS, and implicit TLS (RFC 8314).
     submission_addr: str = "127.0.0.1:2587"
     submissions_addr: str = "127.0.0.1:2465"
+    #: The IMAP listener of ``python -m services.messages imap`` (implicit TLS).
+    imap_addr: str = "127.0.0.1:1993"
     #: The PEM certificate chain and private key of the TLS listeners (submission,
     #: IMAP); the local launcher makes a self-signed pair under ``.mailplane/``.
-    #: Without them the submission listeners do not start.
+    #: Without them the submission listeners do not start, nor does IMAP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Failed IMAP logins allowed per username, and per client IP, in
+    #: ``login_failure_window_seconds``; past either, logins are refused unchecked.
+    login_failures_per_user: int = 5
+    login_failures_per_ip: int = 20
+    login_failure_window_seconds: float = 300.0
     #: The largest message the SMTP edge accepts, in bytes (advertised with SIZE).
     max_message_bytes: int = 25 * 1024 * 1024
     #: Messages waiting in the spool beyond which the SMTP edge answers RCPT with

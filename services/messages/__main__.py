@@ -1,8 +1,9 @@
-"""``python -m services.messages serve|smtp|worker|migrate`` (DESIGN §7.1).
+"""``python -m services.messages serve|smtp|imap|worker|migrate`` (DESIGN §7.1).
 
 - ``serve``: gRPC (messages, threads, address routes, events, webhooks).
 - ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``) and SMTP submission
   (``MAILPLANE_SUBMISSION_ADDR``, ``MAILPLANE_SUBMISSIONS_ADDR``).
+- ``imap``: IMAP4rev1 with implicit TLS (``MAILPLANE_IMAP_ADDR``).
 - ``worker``: ingest of the spool and webhook delivery (and, as they arrive, deliveries).
 - ``migrate``: the schema.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import ssl
 from collections.abc import Awaitable, Callable
 
 from services.chassis import db
@@ -23,6 +23,7 @@ from services.messages import queues
 from services.messages.dispatch import Dispatcher, SecretBox, Sender
 from services.messages.edge import serve_inbound
 from services.messages.event_log import EventListener
+from services.messages.imap import ImapFront, LoginThrottle, tls_context
 from services.messages.ingest import Ingest, sender_authentication
 from services.messages.outbox_store import OutboxStore, SenderRow
 from services.messages.resolver import SenderResolver
@@ -65,8 +66,7 @@ async def smtp(settings: Settings) -> None:
             )
         ]
         if settings.tls_cert is not None and settings.tls_key is not None:
-            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+            tls = tls_context(str(settings.tls_cert), str(settings.tls_key))
             outbox = outbox_of(settings, pool, pods_channel)
             store = OutboxStore(pool)
 
@@ -108,6 +108,46 @@ async def smtp(settings: Settings) -> None:
                 await server.wait_closed()
             await inboxes_channel.close()
             await pods_channel.close()
+            await pool.close()
+
+        return finish
+
+    await _until_signal(start)
+
+
+async def imap(settings: Settings) -> None:
+    """The IMAP listener, until SIGTERM.
+
+    Raises:
+        ValueError: ``MAILPLANE_TLS_CERT``/``MAILPLANE_TLS_KEY`` are unset (IMAP
+            is offered over implicit TLS only).
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("MAILPLANE_TLS_CERT and MAILPLANE_TLS_KEY are required for IMAP")
+    cert, key = str(settings.tls_cert), str(settings.tls_key)
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    host, port = settings.imap_addr.rsplit(":", 1)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        inboxes_channel = open_channel(settings.inboxes_addr)
+        front = ImapFront(
+            pool,
+            settings.service_dsn(NAME),
+            inboxes_channel,
+            settings.peer_deadline_seconds,
+            settings.internal_token.get_secret_value(),
+            LoginThrottle(
+                settings.login_failures_per_user,
+                settings.login_failures_per_ip,
+                settings.login_failure_window_seconds,
+            ),
+            tls_context(cert, key),
+        )
+        await front.start(host, int(port))
+
+        async def finish() -> None:
+            await front.close()
+            await inboxes_channel.close()
             await pool.close()
 
         return finish
@@ -157,4 +197,4 @@ async def worker(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
-    service_main(NAME, MIGRATIONS, build, {"smtp": smtp, "worker": worker})
+    service_main(NAME, MIGRATIONS, build, {"smtp": smtp, "imap": imap, "worker": worker})

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from deploy.settings import ensure_dev_certificate
+from deploy.tls import ensure_dev_certificate
 from services.chassis.config import Settings
 from services.chassis.rpc import open_channel
 from services.messages.outbox_store import OutboxStore, SenderRow
