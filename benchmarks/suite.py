@@ -250,6 +250,9 @@ def running_suite() -> Iterator[Suite]:
         "MAILPLANE_GATEWAY_PORT": str(gateway_port),
         **{f"MAILPLANE_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
         "MAILPLANE_SMTP_INBOUND_ADDR": f"127.0.0.1:{smtp_port}",
+        "MAILPLANE_SUBMISSION_ADDR": f"127.0.0.1:{free_port()}",
+        "MAILPLANE_SUBMISSIONS_ADDR": f"127.0.0.1:{free_port()}",
+        "MAILPLANE_IMAP_ADDR": f"127.0.0.1:{free_port()}",
         "MAILPLANE_DNS_NAMESERVERS": f"127.0.0.1:{zone.port}",
     }
     env.pop("MAILPLANE_DATABASE_URL", None)  # always the embedded PostgreSQL of `state`

@@ -79,13 +79,7 @@ MAIL_PROCESSES = ("smtp", "imap", "worker")
 DEV_KEY_FILE = "dev-api-key"
 #: Settings of a development machine, unless the environment or the file says otherwise:
 #: webhooks may target a receiver on this machine (refused in production, DESIGN §7.6).
-DEVELOPMENT = {
-    "MAILPLANE_WEBHOOK_ALLOW_PRIVATE": "true",
-    # The credentials an inbox is given point at this machine's listeners, so they
-    # work as handed out (DESIGN §7.1).
-    "MAILPLANE_SMTP_HOST": "127.0.0.1",
-    "MAILPLANE_SMTP_PORT": "2587",
-}
+DEVELOPMENT = {"MAILPLANE_WEBHOOK_ALLOW_PRIVATE": "true"}
 START_TIMEOUT_SECONDS = 60.0
 #: Pause before the first restart of a child that exited, in seconds; it doubles
 #: with each restart up to ``RESTART_DELAY_MAX_SECONDS``.
@@ -175,16 +169,22 @@ async def _wait_tcp(address: str, deadline: float) -> None:
 
 
 def _mail_client_settings(state: Path, env: dict[str, str]) -> dict[str, str]:
-    """The development certificate and the IMAP endpoint that credentials name,
+    """The development certificate and the IMAP and submission endpoints that credentials name,
     unless the environment or the file sets them (DESIGN §7.1)."""
     imap_addr = env.get("MAILPLANE_IMAP_ADDR", Settings.model_fields["imap_addr"].default)
     imap_host, imap_port = imap_addr.rsplit(":", 1)
+    submission = env.get(
+        "MAILPLANE_SUBMISSION_ADDR", Settings.model_fields["submission_addr"].default
+    )
+    smtp_host, smtp_port = submission.rsplit(":", 1)
     cert, key = ensure_dev_certificate(state / "tls", [imap_host])
     wanted = {
         "MAILPLANE_TLS_CERT": str(cert.resolve()),
         "MAILPLANE_TLS_KEY": str(key.resolve()),
         "MAILPLANE_IMAP_HOST": imap_host,
         "MAILPLANE_IMAP_PORT": imap_port,
+        "MAILPLANE_SMTP_HOST": smtp_host,
+        "MAILPLANE_SMTP_PORT": smtp_port,
     }
     return {k: v for k, v in wanted.items() if k not in env}
 

@@ -55,6 +55,8 @@ class Suite:
             MAILPLANE_MESSAGES_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_SMTP_INBOUND_ADDR=f"127.0.0.1:{self.smtp_port}",
             MAILPLANE_IMAP_ADDR=f"127.0.0.1:{self.imap_port}",
+            MAILPLANE_SUBMISSION_ADDR=f"127.0.0.1:{free_port()}",
+            MAILPLANE_SUBMISSIONS_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
             MAILPLANE_LOG_FORMAT="json",
             MAILPLANE_DNS_NAMESERVERS=f"127.0.0.1:{dns_port}",
