@@ -16,7 +16,6 @@ delivers it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -217,16 +216,32 @@ class Outbox:
             if not forward:
                 in_reply_to = parent.message_id
                 references = compose.references_of(parent.message_id, parent.references)
-        raw = compose.build(
-            email_from(sender),
-            composition,
-            f"<{message_id.removeprefix('msg_').lower()}@{sender.domain}>",
-            now,
-            in_reply_to,
-            references,
+        header_id = f"<{message_id.removeprefix('msg_').lower()}@{sender.domain}>"
+        sender_header = email_from(sender)
+        raw = compose.build(sender_header, composition, header_id, now, in_reply_to, references)
+        parsed = mime.composed(
+            raw,
+            message_id=header_id,
+            in_reply_to=in_reply_to,
+            references=references,
+            sender=sender_header,
+            to=[r.display for r in composition.to],
+            cc=[r.display for r in composition.cc],
+            reply_to=[r.display for r in composition.reply_to],
+            subject=composition.subject,
+            text=composition.text,
+            html=composition.html,
+            attachments=[
+                mime.Part(
+                    a.filename or None,
+                    a.content_type,
+                    a.content_id or None,
+                    a.disposition,
+                    a.content,
+                )
+                for a in composition.attachments
+            ],
         )
-        # What the caller wrote, not its MIME-encoded form (line ends, transfer encoding).
-        parsed = dataclasses.replace(mime.parse(raw), text=composition.text, html=composition.html)
         status = "scheduled" if send_at is not None and send_at > now else "queued"
         outbound = Outbound(
             recipients=composition.recipients,
