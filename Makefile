@@ -11,7 +11,7 @@ PROTO_STAMP := protos/.generated
 # apt-get needs root: sudo unless we are root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup proto run test lint format bench bench-tools clean
+.PHONY: help setup proto run test lint format bench bench-tools ship-tools image clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ proto: $(PROTO_STAMP) ## generate mailplane.<api>.v1.<api>_pb2 from protos/
 run: setup ## start the whole suite (embedded PostgreSQL unless MAILPLANE_DATABASE_URL is set)
 	$(VENV_PY) -m deploy.local
 
-test: setup ## run every test against real PostgreSQL and real servers
+test: setup ship-tools ## run every test against real PostgreSQL and real servers
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup ## buf lint + buf format, ruff check + ruff format --check, mypy
@@ -60,6 +60,16 @@ bench-tools: ## install the load generators `make bench` drives (wrk, h2load, Po
 	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v smtp-sink >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends wrk nghttp2-client postfix; }
+
+ship-tools: ## install what the deploy tests need (Docker engine, debootstrap, Patroni, etcd, PostgreSQL 15) if missing
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null && command -v patroni >/dev/null \
+		&& command -v etcd >/dev/null && [ -x /usr/lib/postgresql/15/bin/postgres ] || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends docker.io debootstrap patroni etcd-server \
+			postgresql-15 python3-psycopg2; }
+
+image: setup ship-tools ## build the container image mailplane:dev (no registry needed; deploy/docker/)
+	deploy/docker/build-image.sh mailplane:dev
 
 clean: ## remove the environment and generated code (keeps .mailplane/ data)
 	rm -rf .tools .venv $(PROTO_STAMP)

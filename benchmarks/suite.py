@@ -6,7 +6,7 @@ state folder and its own free ports, creates an ``enterprise`` account, and driv
 from separate load processes, so the load never shares the services' event loops:
 
 - ``wrk`` (one thread, 50 connections) for REST, with a Lua script that sets the key
-  and makes a unique username or clientId for every POST;
+  and makes a unique username, clientId or ``Idempotency-Key`` for every POST;
 - ``h2load`` (one thread, 50 connections, one stream each) for gRPC straight to the
   pods service, with a pre-encoded gRPC-framed ``GetPodRequest``;
 - a second Python process for the floor: asyncpg single-row INSERTs, 16 in flight,
@@ -120,6 +120,7 @@ function request()
     return static
   end
   counter = counter + 1
+  wrk.headers["Idempotency-Key"] = prefix .. counter
   return wrk.format(nil, nil, nil, string.format(template, prefix .. counter))
 end
 
@@ -250,6 +251,9 @@ def running_suite() -> Iterator[Suite]:
         "MAILPLANE_GATEWAY_PORT": str(gateway_port),
         **{f"MAILPLANE_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
         "MAILPLANE_SMTP_INBOUND_ADDR": f"127.0.0.1:{smtp_port}",
+        "MAILPLANE_SUBMISSION_ADDR": f"127.0.0.1:{free_port()}",
+        "MAILPLANE_SUBMISSIONS_ADDR": f"127.0.0.1:{free_port()}",
+        "MAILPLANE_IMAP_ADDR": f"127.0.0.1:{free_port()}",
         "MAILPLANE_DNS_NAMESERVERS": f"127.0.0.1:{zone.port}",
     }
     env.pop("MAILPLANE_DATABASE_URL", None)  # always the embedded PostgreSQL of `state`

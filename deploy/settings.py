@@ -3,10 +3,11 @@
 The local launcher keeps its generated secrets in ``.mailplane/settings.env``
 (``MAILPLANE_INTERNAL_TOKEN``, ``MAILPLANE_DB_ROLE_PASSWORD``,
 ``MAILPLANE_DKIM_ENCRYPTION_KEY``, ``MAILPLANE_CREDENTIAL_HASH_KEY``,
-``MAILPLANE_WEBHOOK_SECRET_KEY``, ``MAILPLANE_PAGE_TOKEN_KEY``, and the embedded database's
-``MAILPLANE_DATABASE_URL``); ``mailplane-admin`` reads the same file, so run from
-the checkout it needs no flags or variables. Variables set in the environment win
-over the file.
+``MAILPLANE_WEBHOOK_SECRET_KEY``, ``MAILPLANE_PAGE_TOKEN_KEY``,
+``MAILPLANE_SHARED_DKIM_PRIVATE_KEY`` (the shared domain's DKIM key, PEM on one line
+with ``\\n`` escapes), and the embedded database's ``MAILPLANE_DATABASE_URL``);
+``mailplane-admin`` reads the same file, so run from the checkout it needs no flags
+or variables. Variables set in the environment win over the file.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from cryptography.fernet import Fernet
 
 from services.chassis import config
 from services.chassis.config import Settings
+from services.domains import records
 
 SETTINGS_FILE = "settings.env"
+#: The shared domain's DKIM TXT record to publish, written by the launcher.
+SHARED_DKIM_FILE = "shared-dkim.txt"
 
 
 def state_dir() -> Path:
@@ -42,6 +46,10 @@ LOCAL_SECRETS = {
     "MAILPLANE_CREDENTIAL_HASH_KEY": lambda: secrets.token_urlsafe(32),
     "MAILPLANE_WEBHOOK_SECRET_KEY": lambda: Fernet.generate_key().decode(),
     "MAILPLANE_PAGE_TOKEN_KEY": lambda: secrets.token_urlsafe(32),
+    # RSA-2048 (about 0.1 s, once); settings.env holds one line a value.
+    "MAILPLANE_SHARED_DKIM_PRIVATE_KEY": lambda: (
+        records.new_dkim_private_pem().decode().strip().replace("\n", "\\n")
+    ),
 }
 
 
@@ -74,3 +82,28 @@ def set_env_value(folder: Path, key: str, value: str) -> None:
     values[key] = value
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     path.chmod(0o600)
+
+
+def write_shared_dkim_record(folder: Path, settings: Settings) -> tuple[str, str]:
+    """Writes the DNS record that publishes the shared domain's DKIM public key to
+    ``<folder>/shared-dkim.txt`` (a zone-file line) and returns its name and value.
+
+    Args:
+        folder: the launcher's state folder.
+        settings: settings with ``shared_dkim_private_key`` set.
+
+    Returns:
+        ``("mailplane._domainkey.<shared domain>", "v=DKIM1; k=rsa; p=…")``.
+
+    Raises:
+        ValueError: the key is unset or not an RSA private key in PEM.
+    """
+    if settings.shared_dkim_private_key is None:
+        raise ValueError("MAILPLANE_SHARED_DKIM_PRIVATE_KEY is unset")
+    key = records.load_dkim_private_key(settings.shared_dkim_private_key.get_secret_value())
+    name = records.dkim_record_name(settings.shared_domain)
+    value = records.dkim_txt(key.public_key())
+    # A zone file's TXT strings hold at most 255 characters each (RFC 1035 §3.3.14).
+    strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+    (folder / SHARED_DKIM_FILE).write_text(f"{name}. IN TXT {strings}\n")
+    return name, value

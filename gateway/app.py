@@ -4,7 +4,11 @@ Channels and each operation's multicallable are made once, in the lifespan; each
 request forwards the caller's key as metadata and makes one call (billing
 status, which the gateway composes, makes four). ``/healthz`` says the process is
 up; ``/readyz`` asks every service's ``grpc.health.v1.Health``; ``/openapi.json``
-is built from the same table and the proto descriptors; ``/docs`` is FastAPI's.
+is built from the same table and the proto descriptors; ``/docs`` (Swagger UI) and
+``/redoc`` are served with their assets from the fastapi-offline package, so they
+work with no internet. With ``MAILPLANE_OTLP_ENDPOINT`` set, each request is a span
+(FastAPI's own OpenTelemetry support, on the provider ``services.chassis.tracing``
+installs), the parent of the gRPC calls it makes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.responses import JSONResponse, Response
 
@@ -25,7 +30,17 @@ from gateway import codec, errors
 from gateway.caller import SECURITY, SECURITY_SCHEMES
 from gateway.front import Front
 from gateway.operations import Endpoint, Operation, endpoint, multicallable
-from gateway.routes import account, billing, domains, events, inboxes, mailboxes, messages, pods
+from gateway.routes import (
+    account,
+    billing,
+    domains,
+    events,
+    inboxes,
+    mailboxes,
+    messages,
+    pods,
+    sending,
+)
 from services.chassis.config import Settings
 from services.chassis.errors import CATALOG, Code
 from services.chassis.rpc import open_channel
@@ -38,6 +53,7 @@ OPERATIONS: tuple[Operation, ...] = (
     *domains.OPERATIONS,
     *mailboxes.OPERATIONS,
     *messages.OPERATIONS,
+    *sending.OPERATIONS,
     *events.OPERATIONS,
 )
 #: The services the gateway composes: the settings' ``<name>_addr`` of each.
@@ -64,14 +80,22 @@ def create_app(settings: Settings) -> FastAPI:
             for channel in channels.values():
                 await channel.close()
 
-    app = FastAPI(
+    traced = bool(settings.otlp_endpoint)
+    app = FastAPIOffline(
         title="Mailplane API",
         version="1.0.0",
         summary="Pods, domains, inboxes and mailboxes for AI-agent email.",
         lifespan=lifespan,
-        # FastAPI's OpenTelemetry hooks check the providers on every request; the
-        # gateway's canonical line (gateway.front) is its telemetry for now.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
+        # FastAPI's OpenTelemetry hooks check the providers on every request, so
+        # they are on only with tracing; metrics are Prometheus's (gateway.front).
+        telemetry={
+            "tracing": traced,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "exclude": _untraced,
+        },
+        static_url="/docs-assets",
     )
     app.state.settings = settings
     errors.install(app)
@@ -116,6 +140,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+#: Paths whose requests are not traced: probes and the docs' assets.
+_UNTRACED_PREFIXES = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json")
+
+
+def _untraced(scope: Any) -> bool:
+    """FastAPI telemetry's ``exclude``: probes and docs make no spans."""
+    return str(scope.get("path", "")).startswith(_UNTRACED_PREFIXES)
 
 
 def _by_method(endpoints: dict[str, Endpoint]) -> Endpoint:
@@ -181,6 +214,16 @@ def _operation_document(op: Operation, components: dict[str, Any]) -> dict[str, 
         }
         for variable, name in op.path_fields.items()
     ]
+    for header, name in op.header_fields.items():
+        parameters.append(
+            {
+                "name": header,
+                "in": "header",
+                "required": True,
+                "schema": codec.field_schema(request_type, name),
+                "description": codec.comment_of(f"{request_type.full_name}.{name}"),
+            }
+        )
     for parameter, name in op.query_fields.items():
         parameters.append(
             {
@@ -318,12 +361,18 @@ _ANY_OPERATION: tuple[Code, ...] = (
 )
 #: Response headers of the error statuses that carry one.
 _ERROR_HEADERS = {
+    429: {
+        "Retry-After": {
+            "description": "Seconds until the send limit's window ends.",
+            "schema": {"type": "integer"},
+        }
+    },
     405: {
         "Allow": {
             "description": "The methods this path answers, e.g. `GET, POST`.",
             "schema": {"type": "string"},
         }
-    }
+    },
 }
 
 

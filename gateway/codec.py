@@ -26,6 +26,7 @@ descriptors give the OpenAPI schema of each message, bounds and
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -134,7 +135,16 @@ def _inputs(descriptor: Descriptor) -> dict[str, _Field]:
 
 
 def _repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)
+    return bool(field.is_repeated) and not _is_map(field)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    """A ``map<string, string>`` field: a JSON object of strings over REST."""
+    return bool(
+        field.is_repeated
+        and field.type == FieldDescriptor.TYPE_MESSAGE
+        and field.message_type.GetOptions().map_entry
+    )
 
 
 def json_name_of(descriptor: Descriptor, field_name: str) -> str:
@@ -185,6 +195,8 @@ def _value_encoder(spec: _Field) -> Callable[[Message], Json]:
     field, name = spec.field, spec.field.name
     if spec.raw_json:
         return lambda m: orjson.Fragment(getattr(m, name) or "null")
+    if _is_map(field):
+        return lambda m: dict(getattr(m, name))
     one = _single_encoder(field)
     if _repeated(field):
         return lambda m: [one(v) for v in getattr(m, name)]
@@ -204,7 +216,7 @@ def _single_encoder(field: FieldDescriptor) -> Callable[[Any], Json]:
         names = enum_names(field.enum_type)
         return names.get
     if field.type == FieldDescriptor.TYPE_BYTES:
-        return lambda v: v.decode("latin-1")
+        return lambda v: base64.b64encode(v).decode()
     return lambda v: v
 
 
@@ -240,9 +252,12 @@ def _set(message: Message, spec: _Field, value: Json, path: str) -> None:
         setattr(message, name, orjson.dumps(value).decode())
         return
     if value is None:
-        if not (spec.presence or _repeated(field)):
+        if not (spec.presence or field.is_repeated):
             raise invalid_argument(path, "cannot be null.")
         message.ClearField(name)
+        return
+    if _is_map(field):
+        _set_map(getattr(message, name), field, value, path)
         return
     if _repeated(field):
         if not isinstance(value, list):
@@ -272,6 +287,19 @@ def _set(message: Message, spec: _Field, value: Json, path: str) -> None:
         # let "" silently mean "not sent" (a generated username, the default pod…).
         raise invalid_argument(path, "must not be empty; omit it instead.")
     setattr(message, name, scalar_value(field, value, path))
+
+
+def _set_map(target: Any, field: FieldDescriptor, value: Json, path: str) -> None:
+    """Fills a ``map<string, string>`` from a JSON object of strings."""
+    if not isinstance(value, dict):
+        raise invalid_argument(path, "must be an object of strings.")
+    if len(value) > inputs.MAX_ITEMS:
+        raise invalid_argument(path, f"has {len(value)} entries; the most is {inputs.MAX_ITEMS}.")
+    value_field = field.message_type.fields_by_name["value"]
+    target.clear()
+    for key, item in value.items():
+        inputs.check_text(key, inputs.DEFAULT_MAX_LENGTH, path)
+        target[key] = scalar_value(value_field, item, f"{path}.{key}")
 
 
 def scalar_value(field: FieldDescriptor, value: Json, path: str) -> Any:
@@ -305,6 +333,13 @@ def scalar_value(field: FieldDescriptor, value: Json, path: str) -> Any:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise invalid_argument(path, "must be a number.")
         return float(value)
+    if kind == FieldDescriptor.TYPE_BYTES:
+        if not isinstance(value, str):
+            raise invalid_argument(path, "must be a base64 string.")
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            raise invalid_argument(path, "must be standard base64 (RFC 4648 §4).") from None
     raise invalid_argument(path, "cannot be set over REST.")
 
 
@@ -419,6 +454,17 @@ def _field_schema(spec: _Field, components: dict[str, Json], *, request: bool) -
     field = spec.field
     if spec.raw_json:
         return {"description": comment_of(f"{field.containing_type.full_name}.{field.name}")}
+    if _is_map(field):
+        value_schema = _single_schema(
+            field.message_type.fields_by_name["value"], components, request=request
+        )
+        map_schema: dict[str, Json] = {"type": "object", "additionalProperties": value_schema}
+        if request:
+            map_schema["maxProperties"] = inputs.MAX_ITEMS
+        description = comment_of(f"{field.containing_type.full_name}.{field.name}")
+        if description:
+            map_schema["description"] = description
+        return map_schema
     item = _single_schema(field, components, request=request)
     if _repeated(field):
         schema: dict[str, Json] = {"type": "array", "items": item}
@@ -451,6 +497,8 @@ def _single_schema(field: FieldDescriptor, components: dict[str, Json], *, reque
         return {"type": "integer", "minimum": low, "maximum": high}
     if kind in _FLOATS:
         return {"type": "number"}
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return {"type": "string", "format": "byte"}
     if kind == FieldDescriptor.TYPE_STRING and request:
         schema: dict[str, Json] = {"type": "string", "maxLength": inputs.max_length(field)}
         pattern = field.GetOptions().Extensions[rest_pb2.pattern]

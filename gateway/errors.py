@@ -50,9 +50,13 @@ RETRY_AFTER_SECONDS = 2
 
 def error_response(error: MailplaneError, headers: Mapping[str, str] | None = None) -> Response:
     """Renders a catalog error as its HTTP response; ``unavailable`` carries a
-    ``Retry-After`` of ``RETRY_AFTER_SECONDS``."""
+    ``Retry-After`` of ``RETRY_AFTER_SECONDS``, ``send_rate_limited`` the seconds
+    until its window ends (DESIGN §7.5)."""
     if error.code == "unavailable":
         headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_SECONDS)}
+    elif error.code == "send_rate_limited" and error.details:
+        wait = error.details.get("retryAfterSeconds")
+        headers = {**(headers or {}), "Retry-After": str(wait if isinstance(wait, int) else 60)}
     status = error.entry.http_status
     body = {
         "error": error.code,

@@ -55,6 +55,8 @@ class Operation:
         tag: the OpenAPI tag grouping the operation.
         path_fields: path variable → request field (proto name).
         query_fields: query parameter → request field (proto name).
+        header_fields: HTTP header → request field (proto name), each required
+            (``Idempotency-Key`` → ``idempotency_key``).
         paged: takes ``limit`` and ``pageToken`` into ``page_size``/``page_token``.
         body: the request field the JSON body fills; ``"*"`` for the request
             itself; None for no body.
@@ -90,6 +92,7 @@ class Operation:
     tag: str
     path_fields: Mapping[str, str] = field(default_factory=dict)
     query_fields: Mapping[str, str] = field(default_factory=dict)
+    header_fields: Mapping[str, str] = field(default_factory=dict)
     paged: bool = False
     body: str | None = None
     body_required: bool = False
@@ -150,6 +153,8 @@ class Operation:
         if self.paged:
             setattr(message, _PAGE_SIZE, _page_limit(query.get("limit")))
             setattr(message, _PAGE_TOKEN, query.get("pageToken", ""))
+        for header, name in self.header_fields.items():  # a header wins over the body
+            setattr(message, name, request.headers.get(header, ""))
         for variable, name in self.path_fields.items():  # last: the path wins over the body
             field_ = descriptor.fields_by_name[name]
             setattr(

@@ -30,6 +30,7 @@ from services.chassis import db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
 from services.domains import server as domains_server
+from services.domains.records import new_dkim_private_pem
 from services.inboxes import server as inboxes_server
 from services.mailboxes import server as mailboxes_server
 from services.messages import server as messages_server
@@ -117,11 +118,13 @@ def dns_zone() -> Iterator[Zone]:
 def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
     """Settings of the in-process suite: fresh secrets, free ports, the test DNS."""
     logs.configure("debug", "json")
+    imap_port = free_port()
     return Settings(
         database_url=admin_dsn,
         internal_token=secrets.token_urlsafe(24),
         db_role_password=secrets.token_urlsafe(12),
         dkim_encryption_key=Fernet.generate_key().decode(),
+        shared_dkim_private_key=new_dkim_private_pem().decode(),
         credential_hash_key=secrets.token_urlsafe(32),
         pods_addr=f"127.0.0.1:{free_port()}",
         domains_addr=f"127.0.0.1:{free_port()}",
@@ -129,6 +132,10 @@ def settings(admin_dsn: str, dns_zone: Zone) -> Settings:
         mailboxes_addr=f"127.0.0.1:{free_port()}",
         messages_addr=f"127.0.0.1:{free_port()}",
         smtp_inbound_addr=f"127.0.0.1:{free_port()}",
+        # The IMAP listener (tests/imap) and the credentials that name it.
+        imap_addr=f"127.0.0.1:{imap_port}",
+        imap_host="127.0.0.1",
+        imap_port=imap_port,
         gateway_port=free_port(),
         peer_deadline_seconds=3.0,
         dns_nameservers=f"127.0.0.1:{dns_zone.port}",

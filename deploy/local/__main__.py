@@ -2,9 +2,14 @@
 
 1. Secrets: ``.mailplane/settings.env`` is made on first start (service credential,
    database role password, DKIM encryption key, credential hash key, page-token
-   key, webhook secret key) and kept. Webhooks may target loopback and private
-   addresses (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this
-   machine works.
+   key, webhook secret key, the shared domain's DKIM private key) and kept.
+   Webhooks may target loopback and private addresses
+   (``MAILPLANE_WEBHOOK_ALLOW_PRIVATE=true``), so a receiver on this machine works.
+   A self-signed certificate for the TLS listeners (submission, IMAP) is made in
+   ``.mailplane/`` (``MAILPLANE_TLS_CERT``, ``MAILPLANE_TLS_KEY``), and the
+   credentials inboxes hand out name the local IMAP and submission listeners
+   (``MAILPLANE_IMAP_HOST``/``PORT`` from ``MAILPLANE_IMAP_ADDR``), so they work as
+   handed out.
 2. Database: ``MAILPLANE_DATABASE_URL`` if set, else an embedded PostgreSQL
    (pgserver) under ``.mailplane/pgdata``, with a ``mailplane`` database.
 3. Every service's migrations, each into its own schema under its own role.
@@ -13,8 +18,14 @@
    doubles from ``RESTART_DELAY_SECONDS`` to ``RESTART_DELAY_MAX_SECONDS`` (back to
    the start once it has stayed up ``STABLE_SECONDS``), while the others keep
    serving.
-5. The development account, created once; its key is kept in
+5. Metrics: with ``MAILPLANE_METRICS_PORT=N`` set, each child serves ``/metrics`` on a
+   port of its own, ``N``, ``N+1`` … in the order of the banner's list (0, the
+   default: none).
+6. The development account, created once; its key is kept in
    ``.mailplane/dev-api-key`` and printed with the URL.
+6. The shared domain's DKIM key (a secret of step 1): the TXT record to publish at
+   ``mailplane._domainkey.<shared domain>`` is logged at start and written to
+   ``.mailplane/shared-dkim.txt`` as a zone-file line.
 
 Each child writes to its own pipe and the launcher relays whole lines to its
 stderr, one write a line, so the lines of five processes never run together
@@ -42,6 +53,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
 from deploy import settings as local_settings
+from deploy.tls import ensure_dev_certificate
 from services.chassis import config, db, logs
 from services.chassis.auth import INTERNAL_TOKEN_METADATA
 from services.chassis.config import Settings
@@ -63,7 +75,7 @@ SERVICES = (
     ("messages", messages_server.MIGRATIONS, "services.messages"),
 )
 #: The messages service's other processes (DESIGN §7.1): ``python -m services.messages …``.
-MAIL_PROCESSES = ("smtp", "worker")
+MAIL_PROCESSES = ("smtp", "imap", "worker")
 DEV_KEY_FILE = "dev-api-key"
 #: Settings of a development machine, unless the environment or the file says otherwise:
 #: webhooks may target a receiver on this machine (refused in production, DESIGN §7.6).
@@ -138,6 +150,45 @@ async def _wait_http(url: str, deadline: float) -> None:
             await asyncio.sleep(0.2)
 
 
+async def _wait_tcp(address: str, deadline: float) -> None:
+    """Waits until ``host:port`` accepts a TCP connection."""
+    loop = asyncio.get_running_loop()
+    host, port = address.rsplit(":", 1)
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{address} did not accept connections") from None
+            await asyncio.sleep(0.2)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
+def _mail_client_settings(state: Path, env: dict[str, str]) -> dict[str, str]:
+    """The development certificate and the IMAP and submission endpoints that credentials name,
+    unless the environment or the file sets them (DESIGN §7.1)."""
+    imap_addr = env.get("MAILPLANE_IMAP_ADDR", Settings.model_fields["imap_addr"].default)
+    imap_host, imap_port = imap_addr.rsplit(":", 1)
+    submission = env.get(
+        "MAILPLANE_SUBMISSION_ADDR", Settings.model_fields["submission_addr"].default
+    )
+    smtp_host, smtp_port = submission.rsplit(":", 1)
+    cert, key = ensure_dev_certificate(state / "tls", [imap_host])
+    wanted = {
+        "MAILPLANE_TLS_CERT": str(cert.resolve()),
+        "MAILPLANE_TLS_KEY": str(key.resolve()),
+        "MAILPLANE_IMAP_HOST": imap_host,
+        "MAILPLANE_IMAP_PORT": imap_port,
+        "MAILPLANE_SMTP_HOST": smtp_host,
+        "MAILPLANE_SMTP_PORT": smtp_port,
+    }
+    return {k: v for k, v in wanted.items() if k not in env}
+
+
 async def _dev_api_key(settings: Settings, state: Path) -> str:
     """Returns the development key, creating the account on first start (or when
     the kept key no longer authenticates, e.g. after the data was wiped)."""
@@ -200,7 +251,7 @@ class Child:
     def __init__(self, name: str, args: Sequence[str], env: dict[str, str], out: BinaryIO):
         self.name = name
         self._args = args
-        self._env = env
+        self.env = env
         self._out = out
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
@@ -218,7 +269,7 @@ class Child:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 *self._args,
-                env=self._env,
+                env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -273,8 +324,11 @@ async def _run(state: Path) -> int:
         **os.environ,
         "MAILPLANE_DATABASE_URL": admin_dsn,
     }
+    env.update(_mail_client_settings(state, env))
     os.environ.update(env)
     settings = Settings()
+    dkim_name, dkim_value = local_settings.write_shared_dkim_record(state, settings)
+    _log.info("shared_dkim_record", name=dkim_name, type="TXT", value=dkim_value)
     out = sys.stderr.buffer
     if settings.log_format == "auto" and sys.stderr.isatty():
         env["MAILPLANE_LOG_FORMAT"] = "console"  # the children write to pipes, not the TTY
@@ -286,6 +340,11 @@ async def _run(state: Path) -> int:
         ),
         Child("gateway", ("-m", "gateway"), env, out),
     ]
+    metrics_ports: dict[str, int] = {}
+    if settings.metrics_port:
+        for offset, child in enumerate(children):
+            metrics_ports[child.name] = settings.metrics_port + offset
+            child.env = {**env, "MAILPLANE_METRICS_PORT": str(metrics_ports[child.name])}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -304,6 +363,7 @@ async def _run(state: Path) -> int:
         starting = asyncio.gather(
             *(_wait_serving(address, deadline) for address in addresses),
             _wait_http(f"{base_url}/healthz", deadline),
+            _wait_tcp(settings.imap_addr, deadline),
         )
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
@@ -323,7 +383,20 @@ async def _run(state: Path) -> int:
             f"messages {settings.messages_addr}\n"
             f"  SMTP:    {settings.smtp_inbound_addr}  (MX: inbound mail for the shared domain "
             f"{settings.shared_domain} and verified custom domains)\n"
-            f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
+            f"  Submit:  {settings.submission_addr} (STARTTLS), {settings.submissions_addr} "
+            "(TLS): an inbox's address and password\n"
+            f"  IMAP:    {settings.imap_addr}  (implicit TLS; self-signed certificate "
+            f"{settings.tls_cert})\n"
+            + (
+                "  Metrics: "
+                + ", ".join(f"{name} :{port}" for name, port in metrics_ports.items())
+                + "  (/metrics)\n"
+                if metrics_ports
+                else ""
+            )
+            + f"  API key: {key}  (kept in {state / DEV_KEY_FILE})\n"
+            f"  DKIM:    publish TXT {dkim_name}  (the record is in "
+            f"{state / local_settings.SHARED_DKIM_FILE})\n"
             "Ctrl-C stops everything.\n\n"
         )
         sys.stdout.flush()

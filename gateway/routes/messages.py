@@ -25,7 +25,7 @@ _THREAD_FILTERS = {
     "includeSpam": "include_spam",
     "includeTrash": "include_trash",
 }
-_MESSAGE_EXAMPLE = {
+MESSAGE_EXAMPLE: dict[str, Any] = {
     "id": "msg_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
     "threadId": "thr_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
     "podId": "pod_01JD5B6Q8Z3Y7X2W1V0T9S8R7Q",
@@ -91,7 +91,7 @@ _LIST_INBOX_MESSAGES = Operation(
     query_fields=_MESSAGE_FILTERS,
     paged=True,
     errors=("inbox_not_found",),
-    example={"messages": [_MESSAGE_EXAMPLE], "nextPageToken": None},
+    example={"messages": [MESSAGE_EXAMPLE], "nextPageToken": None},
 )
 _LIST_INBOX_THREADS = Operation(
     "GET",
@@ -126,7 +126,7 @@ OPERATIONS = (
         "messages",
         path_fields=_MESSAGE,
         errors=("message_not_found",),
-        example=_MESSAGE_EXAMPLE,
+        example=MESSAGE_EXAMPLE,
     ),
     Operation(
         "GET",
@@ -162,7 +162,7 @@ OPERATIONS = (
         body="*",
         body_required=True,
         errors=("message_not_found",),
-        example=_MESSAGE_EXAMPLE,
+        example=MESSAGE_EXAMPLE,
     ),
     Operation(
         "DELETE",

@@ -11,6 +11,7 @@ development default, or the process refuses to start naming the settings.
 
 from __future__ import annotations
 
+import ipaddress
 import types
 import typing
 from pathlib import Path
@@ -63,6 +64,21 @@ class Settings(BaseSettings):
     messages_addr: str = "127.0.0.1:50055"
     #: The MX listener of ``python -m services.messages smtp`` (inbound, no AUTH).
     smtp_inbound_addr: str = "127.0.0.1:2525"
+    #: SMTP submission for mail clients (RFC 6409): STARTTLS, and implicit TLS (RFC 8314).
+    submission_addr: str = "127.0.0.1:2587"
+    submissions_addr: str = "127.0.0.1:2465"
+    #: The IMAP listener of ``python -m services.messages imap`` (implicit TLS).
+    imap_addr: str = "127.0.0.1:1993"
+    #: The PEM certificate chain and private key of the TLS listeners (submission,
+    #: IMAP); the local launcher makes a self-signed pair under ``.mailplane/``.
+    #: Without them the submission listeners do not start, nor does IMAP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Failed IMAP logins allowed per username, and per client IP, in
+    #: ``login_failure_window_seconds``; past either, logins are refused unchecked.
+    login_failures_per_user: int = 5
+    login_failures_per_ip: int = 20
+    login_failure_window_seconds: float = 300.0
     #: The largest message the SMTP edge accepts, in bytes (advertised with SIZE).
     max_message_bytes: int = 25 * 1024 * 1024
     #: Messages waiting in the spool beyond which the SMTP edge answers RCPT with
@@ -79,6 +95,12 @@ class Settings(BaseSettings):
     webhook_concurrency: int = 128
     #: Seconds an endpoint has to answer a delivery (DESIGN §7.6: 15 s).
     webhook_timeout_seconds: float = 15.0
+    #: Messages one inbox or mailbox may send per minute and per day (DESIGN §7.5;
+    #: 0: no limit); over it a send is ``send_rate_limited`` (429, Retry-After).
+    send_limit_per_minute: int = 600
+    send_limit_per_day: int = 50_000
+    #: Hours an outbound delivery is retried on 4xx before it bounces (DESIGN §7.5).
+    delivery_max_hours: int = 72
     gateway_port: int = 8080
 
     #: The platform's own domain, usable by every pod (DESIGN §1).
@@ -104,9 +126,6 @@ class Settings(BaseSettings):
     #: ``host:port`` that relays every outbound message instead of MX delivery;
     #: empty means deliver to each recipient domain's MX hosts.
     smarthost: str = ""
-    #: Hours a delivery is retried after temporary failures before it bounces
-    #: (DESIGN §7.5; Postfix's ``maximal_queue_lifetime`` is 5 days).
-    delivery_max_hours: int = 72
     #: Seconds before the first retry of a deferred delivery; each retry waits
     #: twice as long, up to 12 times this (Postfix: 300 s growing to about an hour).
     delivery_retry_base_seconds: float = 300.0
@@ -124,6 +143,13 @@ class Settings(BaseSettings):
     #: rest; the domains service refuses to start without it (the local launcher
     #: generates one).
     dkim_encryption_key: SecretStr | None = None
+    #: The shared domain's DKIM private key (RSA, PKCS#8 PEM; newlines may be
+    #: written ``\n`` to fit one line), selector ``mailplane``: every message
+    #: from the shared domain is signed with it (DESIGN §7.5). The domains service
+    #: refuses to start without it; the local launcher generates one and writes the
+    #: TXT record to publish at ``mailplane._domainkey.<shared domain>`` to
+    #: ``<state dir>/shared-dkim.txt``.
+    shared_dkim_private_key: SecretStr | None = None
     #: HMAC-SHA-256 key under which the inboxes service stores IMAP/SMTP
     #: passwords (at least 32 bytes; the local launcher generates one). Changing
     #: it invalidates every stored password until its inbox's credentials rotate.
@@ -147,6 +173,24 @@ class Settings(BaseSettings):
     log_format: str = "auto"
     log_level: str = "info"
 
+    #: Port of this process's Prometheus ``/metrics`` listener, on ``bind_host``;
+    #: 0 (the default) starts none (``services.chassis.metrics``).
+    metrics_port: int = 0
+    #: OTLP/HTTP endpoint traces are exported to (``http://collector:4318``);
+    #: empty (the default) turns tracing off (``services.chassis.tracing``).
+    otlp_endpoint: str = ""
+    #: TLS between services (``services.chassis.tls``): this process's PEM
+    #: certificate chain and key (served by gRPC servers; presented by clients
+    #: when ``grpc_tls_client_auth``), and the PEM bundle peers must chain to.
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_tls_ca: Path | None = None
+    #: Mutual TLS: servers require a client certificate issued by ``grpc_tls_ca``.
+    grpc_tls_client_auth: bool = False
+    #: Port of a plaintext gRPC listener serving only ``grpc.health.v1.Health``
+    #: (for Kubernetes ``grpc:`` probes, which speak no TLS); 0 starts none.
+    grpc_health_port: int = 0
+
     @model_validator(mode="after")
     def _refuse_development_secrets(self) -> Settings:
         """In production, refuses secret settings left unset or at their
@@ -164,6 +208,24 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MAILPLANE_ENV={self.env} needs every secret set to a value of its own; "
                 f"unset or left at the development default: {', '.join(refused)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_plaintext_off_loopback(self) -> Settings:
+        """Refuses gRPC in plaintext on an interface other than loopback, and a
+        half-configured TLS (a certificate without its key; mutual TLS without a
+        CA or a certificate). Plaintext is for a development machine only."""
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("MAILPLANE_GRPC_TLS_CERT and MAILPLANE_GRPC_TLS_KEY go together")
+        if self.grpc_tls_client_auth and (self.grpc_tls_ca is None or self.grpc_tls_cert is None):
+            raise ValueError(
+                "MAILPLANE_GRPC_TLS_CLIENT_AUTH needs MAILPLANE_GRPC_TLS_CA and a certificate"
+            )
+        if self.grpc_tls_cert is None and not is_loopback(self.bind_host):
+            raise ValueError(
+                f"MAILPLANE_BIND_HOST={self.bind_host} is not loopback: gRPC between services "
+                "needs TLS there; set MAILPLANE_GRPC_TLS_CERT, _KEY and _CA"
             )
         return self
 
@@ -226,6 +288,16 @@ def from_environment(**kwargs: Any) -> Settings:
             for error in exc.errors()
         )
         raise SystemExit(f"Mailplane refuses to start: {reasons}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Tells whether ``host`` (an address or ``localhost``) is a loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def role_name(service: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 from asyncpg.exceptions import TargetServerAttributeNotMatched
 
+from services.chassis import metrics
 from services.chassis.config import role_name
 from services.chassis.errors import MailplaneError
 from services.chassis.logs import get_logger
@@ -59,14 +60,19 @@ def is_unreachable(exc: BaseException) -> bool:
     timeout); asyncpg's ``TargetServerAttributeNotMatched`` (no host of a
     multi-host DSN satisfies ``target_session_attrs``, e.g. mid fail-over); a
     ``PostgresError`` of SQLSTATE class 08 (``ConnectionDoesNotExistError``: the
-    connection closed mid-operation) or one of ``_UNREACHABLE_SQLSTATES``; and the
-    ``InterfaceError`` asyncpg raises on a connection already closed.
+    connection closed mid-operation) or one of ``_UNREACHABLE_SQLSTATES``; the
+    ``InterfaceError`` asyncpg raises on a connection already closed; and asyncpg's
+    ``InternalClientError`` "another operation is in progress", which a connection
+    left mid-operation by a lost server raises (seen in the Patroni fail-over test;
+    the pool then replaces the connection).
     """
     if isinstance(exc, OSError | TargetServerAttributeNotMatched):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state.startswith("08") or state in _UNREACHABLE_SQLSTATES
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return "another operation" in str(exc)
     return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
 
@@ -135,6 +141,7 @@ async def create_pool(dsn: str, schema: str, size: int) -> asyncpg.Pool:
         timeout=CONNECT_TIMEOUT_SECONDS,
     )
     assert pool is not None
+    metrics.track_pool(schema, pool)
     return pool
 
 

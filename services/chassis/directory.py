@@ -129,13 +129,16 @@ class AddressDirectory:
         )
         return int(reply.released)  # type: ignore[attr-defined]
 
-    async def set_domain_status(self, name: str, account_id: str, routes_deliver: bool) -> None:
+    async def set_domain_status(
+        self, name: str, account_id: str, routes_deliver: bool, can_send: bool
+    ) -> None:
         """Tells the directory whether ``account_id`` holds ``name`` verified and
-        able to receive. Raises ``unavailable``."""
+        able to receive, and whether it can send (SPF and DKIM valid). Raises
+        ``unavailable``."""
         await self._call(
             self._stub.SetDomainStatus,
             addresses_pb2.SetDomainStatusRequest(
-                name=name, account_id=account_id, routes_deliver=routes_deliver
+                name=name, account_id=account_id, routes_deliver=routes_deliver, can_send=can_send
             ),
         )
 

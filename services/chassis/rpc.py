@@ -11,8 +11,14 @@ request message are ``INVALID_ARGUMENT`` too), turns a ``MailplaneError`` into a
 status with ``google.rpc.ErrorInfo`` (AIP-193), its message and details bounded
 so the trailers stay small, a database that cannot be reached
 (``db.is_unreachable``) into ``unavailable``, anything unexpected into
-``INTERNAL`` without leaking it, and logs one canonical line: method, code,
-duration_ms, account_id, request_id (the caller's only when well formed).
+``INTERNAL`` without leaking it, logs one canonical line: method, code,
+duration_ms, account_id, request_id (the caller's only when well formed) and
+trace_id (while tracing is on, ``services.chassis.tracing``), and records the
+RPC's count and latency (``services.chassis.metrics``).
+
+Channels to peers are plaintext, or TLS once ``configure_channels`` has been
+given settings with TLS (``services.chassis.tls``); a process calls it once at
+start, before it opens any channel.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.chassis import auth, db, inputs
+from services.chassis import auth, db, inputs, metrics, tls, tracing
+from services.chassis.config import Settings
 from services.chassis.errors import (
     CATALOG,
     CODE_OF_BARE_STATUS,
@@ -234,14 +241,17 @@ class ChassisInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     _log.exception("rpc_failed", method=method, request_id=request_id)
                 await context.abort_with_status(to_status(failure))
             finally:
+                seconds = time.perf_counter() - started
+                metrics.observe_rpc(self._service, method, outcome, seconds)
                 _log.info(
                     "rpc",
                     service=self._service,
                     method=method,
                     code=outcome,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(seconds * 1000, 2),
                     account_id=account_id,
                     request_id=request_id,
+                    trace_id=tracing.trace_id(),
                 )
                 for token in reversed(tokens):
                     token.var.reset(token)
@@ -332,9 +342,40 @@ def pods_key_resolver(
     return resolve
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """Opens the process's one channel to a peer service at ``host:port``."""
-    return grpc.aio.insecure_channel(
-        address,
-        options=[("grpc.keepalive_time_ms", 30_000), ("grpc.enable_retries", 1)],
-    )
+#: The credentials of channels to peers (``None``: plaintext); see ``configure_channels``.
+_channel_credentials: list[grpc.ChannelCredentials | None] = [None]
+#: The largest gRPC message, in bytes: a 25 MB mail (MAILPLANE_MAX_MESSAGE_BYTES)
+#: with its attachments base64-free in protobuf, plus headroom; gRPC's default is 4 MB.
+MAX_MESSAGE_BYTES = 40 * 1024 * 1024
+
+
+def configure_channels(settings: Settings) -> None:
+    """Makes the channels this process opens from now on use the TLS of
+    ``settings`` (plaintext when it configures none). Called once at start.
+
+    Raises:
+        OSError: a configured certificate file cannot be read.
+    """
+    _channel_credentials[0] = tls.channel_credentials(settings)
+
+
+def open_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """Opens the process's one channel to a peer service at ``host:port``.
+
+    Args:
+        address: ``host:port``; with TLS, the peer's certificate must name ``host``.
+        credentials: TLS credentials; by default the process's
+            (``configure_channels``), plaintext when it has none.
+    """
+    options = [
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    credentials = credentials or _channel_credentials[0]
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)

@@ -2,7 +2,14 @@
 
 Health follows the database: every service name reports SERVING only while a
 ``SELECT 1`` answers, NOT_SERVING otherwise, and NOT_SERVING for good once
-shutdown begins (grpcio-health-checking's ``enter_graceful_shutdown``).
+shutdown begins (grpcio-health-checking's ``enter_graceful_shutdown``). With TLS
+configured the server listens with TLS only; the same health can then also be
+served in plaintext on a port of its own (``MAILPLANE_GRPC_HEALTH_PORT``), since
+Kubernetes ``grpc:`` probes speak no TLS; that listener serves nothing else.
+
+Every process started by ``service_main`` first sets up what it reports: its
+``/metrics`` listener (``MAILPLANE_METRICS_PORT``), tracing
+(``MAILPLANE_OTLP_ENDPOINT``) and the TLS of its channels to peers.
 """
 
 from __future__ import annotations
@@ -21,15 +28,25 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from services.chassis import config, db, logs
+from services.chassis import config, db, logs, metrics, tls, tracing
 from services.chassis.auth import Access, KeyCache, Principal
 from services.chassis.config import Settings
 from services.chassis.logs import get_logger
-from services.chassis.rpc import ChassisInterceptor, pods_key_resolver
+from services.chassis.rpc import (
+    MAX_MESSAGE_BYTES,
+    ChassisInterceptor,
+    configure_channels,
+    pods_key_resolver,
+)
 
 _log = get_logger("mailplane.server")
 HEALTH_PROBE_SECONDS = 2.0
+#: A health service name that is SERVING from start to shutdown whatever the
+#: database does: a liveness probe asks it, so an outage makes a process unready
+#: (the others' names) without getting it restarted.
+LIVENESS_SERVICE = "mailplane.Liveness"
 
 
 @dataclass(frozen=True)
@@ -82,9 +99,15 @@ class GrpcService:
         }
         self._server = grpc.aio.server(
             interceptors=[ChassisInterceptor(name, authenticate, internal_token, access)],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: The plaintext health-only server, when ``start`` was given a health port.
+        self._health_server: grpc.aio.Server | None = None
         names = [s.full_name for s in servicers]
         for s in servicers:
             s.add_to_server(s.instance, self._server)
@@ -94,12 +117,38 @@ class GrpcService:
         )
         self.health_names = ["", *names]
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        credentials: grpc.ServerCredentials | None = None,
+        health_port: int = 0,
+    ) -> int:
         """Binds ``host:port`` (0 picks a free port), starts serving and the
-        background probes; returns the bound port."""
-        bound = self._server.add_insecure_port(f"{host}:{port}")
+        background probes; returns the bound port.
+
+        Args:
+            host: the interface.
+            port: the TCP port (0: a free one).
+            credentials: TLS server credentials (``services.chassis.tls``);
+                ``None`` serves plaintext.
+            health_port: when not 0, also serves only ``grpc.health.v1.Health``,
+                in plaintext, on ``host:health_port`` (Kubernetes probes).
+        """
+        address = f"{host}:{port}"
+        bound = (
+            self._server.add_insecure_port(address)
+            if credentials is None
+            else self._server.add_secure_port(address, credentials)
+        )
         await self._set_health(False)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         await self._server.start()
+        if health_port:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self._health_server.add_insecure_port(f"{host}:{health_port}")
+            await self._health_server.start()
         self._tasks.append(asyncio.create_task(self._probe_forever()))
         if self._sweep is not None:
             self._tasks.append(asyncio.create_task(self._sweep_forever()))
@@ -115,6 +164,8 @@ class GrpcService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         _log.info("service_stopped", service=self.name)
 
     async def _set_health(self, serving: bool) -> None:
@@ -130,7 +181,10 @@ class GrpcService:
         serving: bool | None = None
         while True:
             try:
-                ok = await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 2.0) == 1
+                # Not traced: a trace every two seconds per service would bury
+                # the requests' traces.
+                with suppress_instrumentation():
+                    ok = await asyncio.wait_for(self._pool.fetchval("SELECT 1"), 2.0) == 1
             except Exception:  # whatever the failure (db.is_unreachable or not): not serving
                 ok = False
             if ok != serving:
@@ -181,14 +235,20 @@ def keyed_service(
 
 
 async def run_until_signal(
-    service: GrpcService, host: str, port: int, on_stop: Callable[[], Awaitable[None]]
+    service: GrpcService,
+    host: str,
+    port: int,
+    on_stop: Callable[[], Awaitable[None]],
+    credentials: grpc.ServerCredentials | None = None,
+    health_port: int = 0,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully and runs ``on_stop``."""
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully and runs
+    ``on_stop``; ``credentials`` and ``health_port`` as in ``GrpcService.start``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await service.start(host, port)
+    await service.start(host, port, credentials, health_port)
     await stop.wait()
     await service.stop()
     await on_stop()
@@ -245,11 +305,18 @@ def service_main(
     command = parser.parse_args().command
     settings = config.from_environment()
     logs.configure(settings.log_level, settings.log_format)
+    if command != "migrate":
+        start_reporting(settings, name if command == "serve" else f"{name}-{command}")
 
     async def serve() -> None:
         process = await build(settings)
         await run_until_signal(
-            process.grpc, settings.bind_host, settings.port_of(name), process.close
+            process.grpc,
+            settings.bind_host,
+            settings.port_of(name),
+            process.close,
+            tls.server_credentials(settings),
+            settings.grpc_health_port,
         )
 
     async def migrate() -> None:
@@ -261,7 +328,27 @@ def service_main(
         )
         _log.info("migrated", service=name, applied=applied)
 
-    if command in others:
-        uvloop.run(others[command](settings))
-    else:
-        uvloop.run(serve() if command == "serve" else migrate())
+    try:
+        if command in others:
+            uvloop.run(others[command](settings))
+        else:
+            uvloop.run(serve() if command == "serve" else migrate())
+    finally:
+        tracing.shutdown()
+
+
+def start_reporting(settings: Settings, process: str) -> None:
+    """Sets up, before anything else of a process starts: the ``/metrics``
+    listener on ``MAILPLANE_METRICS_PORT``, tracing when
+    ``MAILPLANE_OTLP_ENDPOINT`` is set, and the TLS of channels to peers.
+
+    Args:
+        settings: the process's settings.
+        process: its name in traces, e.g. ``pods`` or ``messages-worker``.
+
+    Raises:
+        OSError: the metrics port cannot be bound, or a TLS file cannot be read.
+    """
+    metrics.serve(settings.bind_host, settings.metrics_port)
+    tracing.configure(settings, process)
+    configure_channels(settings)

@@ -66,7 +66,8 @@ def domain_to_pb(domain: Domain) -> domains_pb2.Domain:
 #: manage domains (a pod key its pod's); inbox and mailbox keys see none; only
 #: account keys re-scope; counting is internal (the service credential, or an
 #: account-wide admin key for billing status); the service credential reads a
-#: domain for the inboxes and mailboxes services ("may this pod use it").
+#: domain for the inboxes and mailboxes services ("may this pod use it"); only
+#: the service credential has DKIM signatures made (the messages service).
 DOMAIN_ACCESS: dict[str, auth.Access] = {
     "CreateDomain": auth.keys("write", "account", "pod"),
     "GetDomain": auth.keys("read", *auth.ALL_SCOPES, operator=True),
@@ -75,6 +76,7 @@ DOMAIN_ACCESS: dict[str, auth.Access] = {
     "DeleteDomain": auth.keys("write", "account", "pod"),
     "VerifyDomain": auth.keys("write", "account", "pod"),
     "CountDomains": auth.keys("read", "account", operator=True),
+    "SignDkim": auth.OPERATOR_ONLY,
 }
 
 
@@ -183,3 +185,10 @@ class DomainServicer(domains_pb2_grpc.DomainServiceServicer):
         account_id = auth.acting_account(request.account_id)
         count = await self._service.count_domains(account_id, request.pod_id or None)
         return domains_pb2.CountDomainsResponse(domains=count)
+
+    async def SignDkim(
+        self, request: domains_pb2.SignDkimRequest, context: grpc.aio.ServicerContext
+    ) -> domains_pb2.SignDkimResponse:
+        account_id = auth.acting_account(request.account_id)
+        signed = await self._service.sign_dkim(account_id, request.domain, request.digest)
+        return domains_pb2.SignDkimResponse(signature=signed.signature, selector=signed.selector)

@@ -82,19 +82,57 @@ def new_dkim_key(cipher: Fernet) -> DkimKey:
         The ``v=DKIM1; k=rsa; p=…`` value and the PKCS#8 PEM private key
         encrypted with ``cipher``; the plain private key is never kept.
     """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    private_pem = new_dkim_private_pem()
+    return DkimKey(
+        public_txt=dkim_txt(load_dkim_private_key(private_pem).public_key()),
+        private_encrypted=cipher.encrypt(private_pem),
     )
-    private_pem = key.private_bytes(
+
+
+def new_dkim_private_pem() -> bytes:
+    """Generates an RSA-2048 private key (CPU-bound: ~0.1 s) as PKCS#8 PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return DkimKey(
-        public_txt=f"v=DKIM1; k=rsa; p={base64.b64encode(public_der).decode()}",
-        private_encrypted=cipher.encrypt(private_pem),
+
+
+def load_dkim_private_key(pem: bytes | str) -> rsa.RSAPrivateKey:
+    """Loads an unencrypted RSA private key from PEM (PKCS#8 or PKCS#1).
+
+    Args:
+        pem: the PEM text; in a ``str``, newlines may be written ``\\n``, as an
+            environment variable holds them on one line.
+
+    Raises:
+        ValueError: not an unencrypted RSA private key in PEM (the message never
+            quotes the key).
+    """
+    data = pem.replace("\\n", "\n").strip().encode() if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ValueError("not an unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("not an RSA private key (DKIM here signs rsa-sha256)")
+    return key
+
+
+def dkim_txt(public_key: rsa.RSAPublicKey) -> str:
+    """Returns the DKIM key record's value for ``public_key``: ``v=DKIM1; k=rsa;
+    p=<base64 SubjectPublicKeyInfo DER>`` (RFC 6376 §3.6.1)."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def dkim_record_name(domain: str, selector: str = DKIM_SELECTOR) -> str:
+    """Returns where a domain's DKIM key record lives: ``<selector>._domainkey.<domain>``
+    (RFC 6376 §3.6.2.1)."""
+    return f"{selector}._domainkey.{domain}"
 
 
 @dataclass(frozen=True)
@@ -106,12 +144,12 @@ class MailTargets:
     spf_include: str
 
 
-def expected_records(name: str, dkim_txt: str, targets: MailTargets) -> tuple[DnsRecord, ...]:
+def expected_records(name: str, dkim_value: str, targets: MailTargets) -> tuple[DnsRecord, ...]:
     """Returns the four records to publish for ``name``, all ``missing``."""
     return (
         DnsRecord("MX", name, f"{targets.mx_priority} {targets.mail_host}", "receiving"),
         DnsRecord("TXT", name, f"v=spf1 include:{targets.spf_include} ~all", "sending"),
-        DnsRecord("TXT", f"{DKIM_SELECTOR}._domainkey.{name}", dkim_txt, "dkim"),
+        DnsRecord("TXT", dkim_record_name(name), dkim_value, "dkim"),
         DnsRecord("TXT", f"_dmarc.{name}", "v=DMARC1; p=none", "dmarc"),
     )
 

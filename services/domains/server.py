@@ -19,6 +19,7 @@ from services.domains.clients import InboxUserCounter, MailboxUserCounter
 from services.domains.records import MailTargets
 from services.domains.resolver import DnsLookup
 from services.domains.service import DomainService, DomainSettings
+from services.domains.signing import DkimKeyring
 from services.domains.store import DomainStore
 
 NAME = "domains"
@@ -36,14 +37,26 @@ async def build(settings: Settings) -> DomainsProcess:
     Before a domain is deleted or narrowed, every service that uses domains is
     asked for its count (DESIGN §3): inboxes and mailboxes; after each
     verification the mailboxes service is told whether the domain can receive,
-    and the messages service's route directory whether its addresses deliver.
+    and the messages service's route directory whether its addresses deliver
+    and whether the domain can send. DKIM signatures use the shared domain's key
+    from settings and the custom domains' keys from the database.
 
     Raises:
-        ValueError: ``MAILPLANE_DKIM_ENCRYPTION_KEY`` is unset.
+        ValueError: ``MAILPLANE_DKIM_ENCRYPTION_KEY`` or
+            ``MAILPLANE_SHARED_DKIM_PRIVATE_KEY`` is unset, or the latter is not
+            an RSA private key in PEM.
     """
     if settings.dkim_encryption_key is None:
         raise ValueError("MAILPLANE_DKIM_ENCRYPTION_KEY is required (a Fernet key)")
+    if settings.shared_dkim_private_key is None:
+        raise ValueError(
+            "MAILPLANE_SHARED_DKIM_PRIVATE_KEY is required (the shared domain's RSA key, PEM)"
+        )
     cipher = Fernet(settings.dkim_encryption_key.get_secret_value())
+    try:
+        keyring = DkimKeyring(settings.shared_dkim_private_key.get_secret_value(), cipher)
+    except ValueError as error:
+        raise ValueError(f"MAILPLANE_SHARED_DKIM_PRIVATE_KEY: {error}") from None
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
     pods_channel = open_channel(settings.pods_addr)
     inboxes_channel = open_channel(settings.inboxes_addr)
@@ -73,6 +86,7 @@ async def build(settings: Settings) -> DomainsProcess:
             settings.internal_token.get_secret_value(),
         ),
         page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
+        keyring=keyring,
     )
 
     async def sweep() -> None:

@@ -7,7 +7,9 @@ Re-scoping to a pod and deleting follow the parent side: commit the intent, ask
 the services that use domains (inboxes, mailboxes) for their counts, then finish
 or roll back with ``domain_in_use``. The plan's domain limit is enforced in this
 service's own transaction. Only one account may hold a name verified, enforced by
-a unique index. This module imports no transport.
+a unique index. DKIM signatures (DESIGN §7.5) are made here, where the keys
+live: the shared domain always signs; a custom domain only for its account and
+while it can send (SPF and DKIM valid). This module imports no transport.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.chassis import ids, pagination
 from services.chassis.errors import MailplaneError, invalid_argument
@@ -28,6 +31,7 @@ from services.chassis.plans import PLAN_LIMITS
 from services.domains import records
 from services.domains.models import DOMAIN_STATUSES, Domain
 from services.domains.resolver import DnsLookup
+from services.domains.signing import DIGEST_BYTES, DkimKeyring, sign_digest
 from services.domains.store import DomainStore
 
 _log = get_logger("mailplane.domains")
@@ -47,8 +51,11 @@ class DomainRoutes(Protocol):
     address delivers only while its account holds the domain verified and able to
     receive. Each method raises ``unavailable`` when the directory is down."""
 
-    async def set_domain_status(self, name: str, account_id: str, routes_deliver: bool) -> None:
-        """Records whether the account's routes on ``name`` deliver."""
+    async def set_domain_status(
+        self, name: str, account_id: str, routes_deliver: bool, can_send: bool
+    ) -> None:
+        """Records whether the account's routes on ``name`` deliver, and whether
+        the domain can send for the account."""
 
     async def forget_domain(self, name: str, account_id: str) -> None:
         """Forgets a domain the account deleted."""
@@ -61,12 +68,37 @@ def domain_not_found(ref: str) -> MailplaneError:
     )
 
 
+def _not_sendable(name: str, shared_domain: str, *, known: bool) -> MailplaneError:
+    if known:
+        fix = "publish its SPF and DKIM records and verify it until canSend is true"
+    else:
+        fix = "add it to this account, publish its records and verify it"
+    return MailplaneError(
+        "domain_not_sendable",
+        f"{name} cannot send for this account: {fix}, or send from {shared_domain}.",
+        {"domain": name},
+    )
+
+
 def _busy(domain: Domain) -> MailplaneError:
     return MailplaneError(
         "domain_busy",
         f"Domain {domain.name} is being re-scoped or deleted; retry in a moment.",
         {"domainId": domain.id},
     )
+
+
+@dataclass(frozen=True)
+class DkimSignature:
+    """A DKIM signature made here.
+
+    Attributes:
+        signature: RSASSA-PKCS1-v1_5 over the digest (256 bytes for RSA-2048).
+        selector: the DKIM ``s=`` of the key that made it.
+    """
+
+    signature: bytes
+    selector: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +123,8 @@ class DomainService:
             can receive (the mailboxes service moves mailbox status).
         routes: the route directory, told after each verification whether the
             account's addresses on the domain deliver, and of each delete.
+        keyring: the DKIM private keys (the shared domain's and the loaded
+            custom domains').
     """
 
     def __init__(
@@ -105,7 +139,9 @@ class DomainService:
         routes: DomainRoutes | None = None,
         *,
         page_tokens: PageTokens,
+        keyring: DkimKeyring,
     ):
+        self._keyring = keyring
         self._routes = routes
         self._store = store
         self._page_tokens = page_tokens
@@ -326,7 +362,9 @@ class DomainService:
         if self._routes is not None:
             deliver = domain.status == "verified" and domain.can_receive
             try:
-                await self._routes.set_domain_status(domain.name, account_id, deliver)
+                await self._routes.set_domain_status(
+                    domain.name, account_id, deliver, domain.can_send
+                )
             except MailplaneError as error:
                 _log.warning("route_domain_not_told", domain_id=domain.id, code=error.code)
         for listener in self._reception_listeners:
@@ -336,6 +374,52 @@ class DomainService:
                 _log.warning(
                     "reception_not_told", domain_id=domain.id, code=error.code, message=str(error)
                 )
+
+    async def sign_dkim(self, account_id: str, name: str, digest: bytes) -> DkimSignature:
+        """Signs the digest of a DKIM header block with the domain's key (DESIGN
+        §7.5; RFC 6376 §3.7 and §5.3: the signer computes the digest, the key
+        holder the RSA step).
+
+        The shared domain always signs, with ``MAILPLANE_SHARED_DKIM_PRIVATE_KEY``;
+        a custom domain signs for the account that has it able to send (SPF and
+        DKIM valid, ``canSend``), with its own key.
+
+        Args:
+            account_id: the sending account.
+            name: the signing domain (the DKIM ``d=``), any case.
+            digest: the SHA-256 digest of the canonicalized header block, 32 bytes.
+
+        Raises:
+            MailplaneError: ``invalid_argument`` (``digest`` not 32 bytes, ``domain``
+                not a domain name); ``domain_not_sendable`` when the account has no
+                such custom domain able to send.
+        """
+        if len(digest) != DIGEST_BYTES:
+            raise invalid_argument(
+                "digest",
+                f"must be the 32-byte SHA-256 digest of the header block; got {len(digest)} bytes.",
+            )
+        shared = self._config.shared_domain
+        if name.strip().lower() == shared:
+            key = self._keyring.shared_key
+        else:
+            domain = records.normalize_name(name, shared)
+            found = await self._store.sending_domain(account_id, domain)
+            if found is None or not found[1]:
+                raise _not_sendable(domain, shared, known=found is not None)
+            domain_id = found[0]
+            key = self._keyring.cached(domain_id) or await self._load_key(
+                account_id, domain_id, domain, shared
+            )
+        return DkimSignature(sign_digest(key, digest), records.DKIM_SELECTOR)
+
+    async def _load_key(
+        self, account_id: str, domain_id: str, name: str, shared: str
+    ) -> rsa.RSAPrivateKey:
+        encrypted = await self._store.dkim_key(account_id, domain_id)
+        if encrypted is None:  # deleted since it was read
+            raise _not_sendable(name, shared, known=False)
+        return await self._keyring.load(domain_id, encrypted)
 
     async def count_domains(self, account_id: str, pod_id: str | None) -> int:
         """Counts the account's domains (``pod_id`` ``None``) or those scoped or

@@ -78,6 +78,13 @@ UPDATE domains SET status = $3, records = $4::jsonb, can_send = $5, can_receive 
 WHERE account_id = $1 AND id = $2
 RETURNING {_COLUMNS}
 """
+#: The account's domain a DKIM signature is asked for: its ID and whether it can send.
+SELECT_SENDING_DOMAIN = """
+SELECT id, can_send FROM domains WHERE account_id = $1 AND name = $2 AND state <> 'pending'
+"""
+SELECT_DKIM_KEY = """
+SELECT dkim_private_key_encrypted FROM domains WHERE account_id = $1 AND id = $2
+"""
 SWEEP_PENDING = """
 DELETE FROM domains WHERE state = 'pending' AND state_changed_at < now() - make_interval(secs => $1)
 RETURNING id
@@ -264,6 +271,18 @@ class DomainStore:
                 "by one account only.",
             ) from None
         return _domain(row) if row else None
+
+    async def sending_domain(self, account_id: str, name: str) -> tuple[str, bool] | None:
+        """Returns ``(domain_id, can_send)`` of the account's domain ``name`` (never
+        a pending one), or ``None``."""
+        row = await self._pool.fetchrow(SELECT_SENDING_DOMAIN, account_id, name)
+        return (row["id"], row["can_send"]) if row else None
+
+    async def dkim_key(self, account_id: str, domain_id: str) -> bytes | None:
+        """Returns the domain's encrypted DKIM private key, or ``None`` when the
+        domain is gone."""
+        value = await self._pool.fetchval(SELECT_DKIM_KEY, account_id, domain_id)
+        return bytes(value) if value is not None else None
 
     async def sweep(self, older_than_seconds: float) -> tuple[list[str], list[str]]:
         """Undoes stale pending creates and rolls back stale intents; returns both ID lists."""

@@ -1,8 +1,11 @@
-"""``python -m services.messages serve|smtp|worker|migrate`` (DESIGN §7.1).
+"""``python -m services.messages serve|smtp|imap|worker|migrate`` (DESIGN §7.1).
 
 - ``serve``: gRPC (messages, threads, address routes, events, webhooks).
-- ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``).
-- ``worker``: ingest of the spool, outbound delivery and webhook delivery.
+- ``smtp``: the MX listener (``MAILPLANE_SMTP_INBOUND_ADDR``) and SMTP submission
+  (``MAILPLANE_SUBMISSION_ADDR``, ``MAILPLANE_SUBMISSIONS_ADDR``).
+- ``imap``: IMAP4rev1 with implicit TLS (``MAILPLANE_IMAP_ADDR``).
+- ``worker``: ingest of the spool, outbound delivery (DKIM-signed through the
+  domains service) and webhook delivery.
 - ``migrate``: the schema.
 """
 
@@ -14,17 +17,22 @@ from collections.abc import Awaitable, Callable
 
 from services.chassis import db
 from services.chassis.config import Settings
-from services.chassis.errors import MailplaneError
 from services.chassis.logs import get_logger
+from services.chassis.rpc import open_channel
 from services.chassis.server import service_main
+from services.messages import queues
 from services.messages.delivery import Delivery, options_of
 from services.messages.dispatch import Dispatcher, SecretBox, Sender
+from services.messages.dkim import DkimSigner
 from services.messages.edge import serve_inbound
 from services.messages.event_log import EventListener
+from services.messages.imap import ImapFront, LoginThrottle, tls_context
 from services.messages.ingest import Ingest, sender_authentication
+from services.messages.outbox_store import OutboxStore, SenderRow
 from services.messages.resolver import SenderResolver
-from services.messages.server import MIGRATIONS, NAME, build
+from services.messages.server import MIGRATIONS, NAME, build, outbox_of
 from services.messages.store import MailStore
+from services.messages.submission import InboxLogins, SubmissionHandler, serve_submission
 
 _log = get_logger("mailplane.messages")
 
@@ -41,24 +49,68 @@ async def _until_signal(start: Callable[[], Awaitable[Callable[[], Awaitable[Non
 
 
 async def smtp(settings: Settings) -> None:
-    """The MX listener, until SIGTERM."""
+    """The MX listener and, with a TLS certificate, the submission listeners
+    (STARTTLS and implicit TLS), until SIGTERM."""
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
-    host, port = settings.smtp_inbound_addr.rsplit(":", 1)
+    inboxes_channel = open_channel(settings.inboxes_addr)
+    pods_channel = open_channel(settings.pods_addr)
 
     async def start() -> Callable[[], Awaitable[None]]:
-        server = await serve_inbound(
-            MailStore(pool),
-            settings.shared_domain,
-            host,
-            int(port),
-            settings.max_message_bytes,
-            settings.mail_host,
-            settings.spool_high_water,
-        )
+        host, port = settings.smtp_inbound_addr.rsplit(":", 1)
+        servers = [
+            await serve_inbound(
+                MailStore(pool),
+                settings.shared_domain,
+                host,
+                int(port),
+                settings.max_message_bytes,
+                settings.mail_host,
+                settings.spool_high_water,
+            )
+        ]
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            tls = tls_context(str(settings.tls_cert), str(settings.tls_key))
+            outbox = outbox_of(settings, pool, pods_channel)
+            store = OutboxStore(pool)
+
+            async def sender(account_id: str, inbox_id: str) -> SenderRow | None:
+                return await store.sender(account_id, inbox_id, settings.shared_domain)
+
+            handler = SubmissionHandler(
+                outbox,
+                InboxLogins(
+                    inboxes_channel,
+                    settings.peer_deadline_seconds,
+                    settings.internal_token.get_secret_value(),
+                ),
+                sender,
+            )
+            for address, implicit in (
+                (settings.submission_addr, False),
+                (settings.submissions_addr, True),
+            ):
+                sub_host, sub_port = address.rsplit(":", 1)
+                servers.append(
+                    await serve_submission(
+                        handler,
+                        tls,
+                        sub_host,
+                        int(sub_port),
+                        implicit_tls=implicit,
+                        max_bytes=settings.max_message_bytes,
+                        hostname=settings.mail_host,
+                    )
+                )
+        else:
+            _log.warning("submission_disabled", reason="MAILPLANE_TLS_CERT/KEY unset")
 
         async def finish() -> None:
-            server.close()
-            await server.wait_closed()
+            for server in servers:
+                server.close()
+            for server in servers:
+                await server.wait_closed()
+            await inboxes_channel.close()
+            await pods_channel.close()
             await pool.close()
 
         return finish
@@ -66,20 +118,60 @@ async def smtp(settings: Settings) -> None:
     await _until_signal(start)
 
 
-async def dkim_not_wired(account_id: str, domain: str, raw: bytes) -> bytes:
-    """The DKIM signer until the domains service's (``DkimSigner.sign``) is
-    wired in: every message waits (``unavailable``), none leaves unsigned."""
-    raise MailplaneError("unavailable", "DKIM signing is not available in this build yet.")
+async def imap(settings: Settings) -> None:
+    """The IMAP listener, until SIGTERM.
+
+    Raises:
+        ValueError: ``MAILPLANE_TLS_CERT``/``MAILPLANE_TLS_KEY`` are unset (IMAP
+            is offered over implicit TLS only).
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("MAILPLANE_TLS_CERT and MAILPLANE_TLS_KEY are required for IMAP")
+    cert, key = str(settings.tls_cert), str(settings.tls_key)
+    pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    host, port = settings.imap_addr.rsplit(":", 1)
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        inboxes_channel = open_channel(settings.inboxes_addr)
+        front = ImapFront(
+            pool,
+            settings.service_dsn(NAME),
+            inboxes_channel,
+            settings.peer_deadline_seconds,
+            settings.internal_token.get_secret_value(),
+            LoginThrottle(
+                settings.login_failures_per_user,
+                settings.login_failures_per_ip,
+                settings.login_failure_window_seconds,
+            ),
+            tls_context(cert, key),
+        )
+        await front.start(host, int(port))
+
+        async def finish() -> None:
+            await front.close()
+            await inboxes_channel.close()
+            await pool.close()
+
+        return finish
+
+    await _until_signal(start)
 
 
 async def worker(settings: Settings) -> None:
     """The ingest worker, outbound delivery and the webhook dispatcher, until SIGTERM."""
     pool = await db.create_pool(settings.service_dsn(NAME), NAME, settings.db_pool_size)
+    domains_channel = open_channel(settings.domains_addr)
 
     async def start() -> Callable[[], Awaitable[None]]:
         resolver = SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds)
         ingest = Ingest(MailStore(pool), sender_authentication(resolver), settings.mail_host)
-        delivery = Delivery(pool, resolver, dkim_not_wired, options_of(settings))
+        signer = DkimSigner(
+            domains_channel,
+            settings.peer_deadline_seconds,
+            settings.internal_token.get_secret_value(),
+        )
+        delivery = Delivery(pool, resolver, signer.sign, options_of(settings))
         listener = EventListener(settings.service_dsn(NAME))
         sender = Sender(
             SecretBox(settings.webhook_secret_key.get_secret_value()),
@@ -97,6 +189,7 @@ async def worker(settings: Settings) -> None:
         tasks = [
             asyncio.create_task(ingest.run_forever(settings.service_dsn(NAME))),
             asyncio.create_task(dispatcher.run_forever()),
+            asyncio.create_task(queues.sample_forever(pool)),
             asyncio.create_task(delivery.run_forever(settings.service_dsn(NAME))),
         ]
         _log.info("worker_started")
@@ -107,6 +200,7 @@ async def worker(settings: Settings) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
             await sender.close()
             await listener.close()
+            await domains_channel.close()
             await pool.close()
 
         return finish
@@ -115,4 +209,4 @@ async def worker(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
-    service_main(NAME, MIGRATIONS, build, {"smtp": smtp, "worker": worker})
+    service_main(NAME, MIGRATIONS, build, {"smtp": smtp, "imap": imap, "worker": worker})

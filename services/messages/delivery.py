@@ -416,7 +416,7 @@ class Delivery:
                 try:
                     raw = await self._signed(lease)
                 except MailplaneError as exc:
-                    if exc.code == "domain_not_sendable":
+                    if exc.code in ("domain_not_sendable", "invalid_argument"):
                         await self._store.fail(lease, f"550 5.7.0 {exc.message}")
                         return
                     wait = self._settings.retry_base

@@ -165,16 +165,23 @@ class AddressDirectory:
             _log.info("routes_released", owner_id=owner_id, address=address, released=released)
         return released
 
-    async def set_domain_status(self, name: str, account_id: str, routes_deliver: bool) -> None:
-        """Records whether ``account_id`` holds ``name`` verified and receiving.
+    async def set_domain_status(
+        self, name: str, account_id: str, routes_deliver: bool, can_send: bool
+    ) -> None:
+        """Records whether ``account_id`` holds ``name`` verified and receiving, and
+        whether the domain can send for it (kept for the recorded owner only).
 
         Raises:
             MailplaneError: ``invalid_argument``.
         """
         domain = _check_domain(name, account_id)
-        await self._store.set_domain_status(domain, account_id, routes_deliver)
+        await self._store.set_domain_status(domain, account_id, routes_deliver, can_send)
         _log.info(
-            "route_domain_status", domain=domain, account_id=account_id, deliver=routes_deliver
+            "route_domain_status",
+            domain=domain,
+            account_id=account_id,
+            deliver=routes_deliver,
+            can_send=can_send,
         )
 
     async def set_mailbox_policy(self, policy: MailboxPolicy) -> bool:

@@ -92,7 +92,7 @@ class AddressServicer(addresses_pb2_grpc.AddressServiceServicer):
         self, request: addresses_pb2.SetDomainStatusRequest, context: grpc.aio.ServicerContext
     ) -> addresses_pb2.SetDomainStatusResponse:
         await self._directory.set_domain_status(
-            request.name, request.account_id, request.routes_deliver
+            request.name, request.account_id, request.routes_deliver, request.can_send
         )
         return addresses_pb2.SetDomainStatusResponse()
 

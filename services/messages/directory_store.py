@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 
 from services.messages.models import MailboxPolicy, Owner
+from services.messages.outbox_store import hold_mail, release_mail
 from services.messages.store import write_event
 
 _COLUMNS = "address, domain, kind, owner_id, account_id, pod_id, state"
@@ -103,13 +104,14 @@ WHERE id IN (SELECT thread_id FROM trashed)
 """
 SELECT_DOMAIN_FOR_UPDATE = "SELECT account_id, can_receive FROM domains WHERE name = $1 FOR UPDATE"
 SET_DOMAIN_OWNER = """
-INSERT INTO domains (name, account_id, can_receive) VALUES ($1, $2, true)
-ON CONFLICT (name) DO UPDATE SET account_id = $2, can_receive = true, updated_at = now()
+INSERT INTO domains (name, account_id, can_receive, can_send) VALUES ($1, $2, true, $3)
+ON CONFLICT (name) DO UPDATE
+SET account_id = $2, can_receive = true, can_send = $3, updated_at = now()
 """
+#: The recorded owner's domain stops receiving; whether it can send is kept as told.
 STOP_DOMAIN = """
-UPDATE domains SET can_receive = false, updated_at = now()
-WHERE name = $1 AND account_id = $2 AND can_receive
-RETURNING name
+UPDATE domains SET can_receive = false, can_send = $3, updated_at = now()
+WHERE name = $1 AND account_id = $2
 """
 SELECT_POLICY_FOR_UPDATE = """
 SELECT version, status FROM mailbox_policies WHERE mailbox_id = $1 FOR UPDATE
@@ -241,24 +243,31 @@ class DirectoryStore:
             await conn.execute(FORGET_OWNER_COUNTERS, owner_id)
         return released
 
-    async def set_domain_status(self, name: str, account_id: str, routes_deliver: bool) -> None:
+    async def set_domain_status(
+        self, name: str, account_id: str, routes_deliver: bool, can_send: bool
+    ) -> None:
         """Makes ``account_id`` the domain's delivering owner, or stops its
-        delivery; a change writes ``domain.verified`` or ``domain.degraded`` in
-        the same transaction (DESIGN §7.6)."""
+        delivery; records ``can_send`` on the row when the account is (or
+        becomes) its owner, and on no row otherwise (an account that never
+        verified a name holds no address on it). A change of reception writes
+        ``domain.verified`` or ``domain.degraded`` in the same transaction
+        (DESIGN §7.6)."""
         async with self._pool.acquire() as conn, conn.transaction():
             before = await conn.fetchrow(SELECT_DOMAIN_FOR_UPDATE, name)
             previous = (
                 before["account_id"] if before is not None and before["can_receive"] else None
             )
             if routes_deliver:
-                await conn.execute(SET_DOMAIN_OWNER, name, account_id)
+                await conn.execute(SET_DOMAIN_OWNER, name, account_id, can_send)
                 if previous != account_id:
                     await _domain_event(conn, "domain.verified", name, account_id, True)
                 if previous is not None and previous != account_id:
                     # Another account verified the name: the previous owner's stops receiving.
                     await _domain_event(conn, "domain.degraded", name, previous, False)
-            elif await conn.fetchval(STOP_DOMAIN, name, account_id) is not None:
-                await _domain_event(conn, "domain.degraded", name, account_id, False)
+            elif before is not None and before["account_id"] == account_id:
+                await conn.execute(STOP_DOMAIN, name, account_id, can_send)
+                if before["can_receive"]:
+                    await _domain_event(conn, "domain.degraded", name, account_id, False)
 
     async def set_mailbox_policy(self, policy: MailboxPolicy) -> bool:
         """Records a mailbox's policy unless a newer version is recorded; a status
@@ -285,6 +294,11 @@ class DirectoryStore:
             if recorded is None:
                 return False
             was_paused = before is not None and before["status"] == "paused"
+            owner = Owner(policy.mailbox_id, policy.account_id, policy.pod_id)
+            if policy.status == "paused" and not was_paused:
+                await hold_mail(conn, owner)
+            elif was_paused and policy.status != "paused":
+                await release_mail(conn, owner)
             if before is not None and was_paused != (policy.status == "paused"):
                 await write_event(
                     conn,

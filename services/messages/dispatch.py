@@ -49,7 +49,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from cryptography.fernet import Fernet
 from standardwebhooks import Webhook as Signer
 
-from services.chassis import ids
+from services.chassis import ids, metrics
 from services.chassis.logs import get_logger
 from services.messages.event_log import SELECT_LOG, Event, EventListener, Position, event_of
 
@@ -486,6 +486,7 @@ class Dispatcher:
     async def _attempt(self, job: _Job) -> None:
         try:
             outcome = await self._sender.send(job.url, job.sealed_secret, job.event)
+            metrics.WEBHOOK_DELIVERIES.labels("succeeded" if outcome.ok else "failed").inc()
             self._outcomes.append((job, outcome))
             self._settled.set()
         finally:

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from services.chassis import metrics
 from services.chassis.addresses import domain_key
 from services.chassis.logs import get_logger
 from services.messages.models import Owner
@@ -232,7 +233,9 @@ async def serve_inbound(
         hostname: the name the listener greets with.
         high_water: spooled messages beyond which RCPT answers 452 (0: never).
     """
-    handler = InboundHandler(store, shared_domain, Backlog(store, high_water))
+    handler = metrics.CountedReplies(
+        InboundHandler(store, shared_domain, Backlog(store, high_water)), "mx"
+    )
     loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:

@@ -6,12 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+import grpc
 from mailplane.messages.v1 import (
     addresses_pb2,
     addresses_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     messages_pb2_grpc,
+    sending_pb2,
+    sending_pb2_grpc,
 )
 
 from services.chassis import db
@@ -33,6 +37,9 @@ from services.messages.events_api import (
     EventServicer,
     WebhookServicer,
 )
+from services.messages.outbox import Limits, Outbox
+from services.messages.outbox_api import SENDING_ACCESS, SendingServicer
+from services.messages.outbox_store import OutboxStore
 from services.messages.owners import InboxOwners, MailboxOwners
 from services.messages.service import MailService
 from services.messages.store import MailStore
@@ -49,6 +56,30 @@ class MessagesProcess(ServiceProcess[MailService]):
     """A running messages service, with its route directory (DESIGN §7.2)."""
 
     directory: AddressDirectory | None = None
+
+
+def outbox_of(settings: Settings, pool: asyncpg.Pool, pods_channel: grpc.aio.Channel) -> Outbox:
+    """The send path (DESIGN §7.5) over ``pool``, for the gRPC API and submission."""
+    pods = PodsClient(
+        pods_channel, settings.peer_deadline_seconds, settings.internal_token.get_secret_value()
+    )
+
+    async def resolve_pod(ref: str) -> str:
+        return (await pods.get_pod(ref)).id
+
+    return Outbox(
+        OutboxStore(pool),
+        MailStore(pool),
+        resolve_pod,
+        Limits(
+            per_minute=settings.send_limit_per_minute,
+            per_day=settings.send_limit_per_day,
+            max_hours=settings.delivery_max_hours,
+            max_bytes=settings.max_message_bytes,
+            shared_domain=settings.shared_domain,
+        ),
+        page_tokens=PageTokens(settings.page_token_key.get_secret_value().encode()),
+    )
 
 
 async def build(settings: Settings) -> MessagesProcess:
@@ -93,8 +124,12 @@ async def build(settings: Settings) -> MessagesProcess:
         page_tokens=tokens,
     )
 
+    outbox_store = OutboxStore(pool)
+    outbox = outbox_of(settings, pool, pods_channel)
+
     async def sweep() -> None:
         await directory.sweep(settings.stale_intent_seconds)
+        await outbox_store.sweep()
 
     server = keyed_service(
         settings,
@@ -125,6 +160,12 @@ async def build(settings: Settings) -> MessagesProcess:
             WebhookServicer(webhooks),
             events_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
             WEBHOOK_ACCESS,
+        ),
+        Servicer(
+            sending_pb2_grpc.add_SendingServiceServicer_to_server,
+            SendingServicer(outbox),
+            sending_pb2.DESCRIPTOR.services_by_name["SendingService"].full_name,
+            SENDING_ACCESS,
         ),
     )
     return MessagesProcess(

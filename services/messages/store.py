@@ -120,6 +120,8 @@ class Outbound:
         labels: the caller's labels besides ``sent``.
         max_hours: hours its deliveries are retried before they bounce
             (``MAILPLANE_DELIVERY_MAX_HOURS``).
+        id: the message's ``msg_…`` ID when the caller chose it (its return path
+            names it), else a new one.
     """
 
     recipients: Sequence[str]
@@ -129,6 +131,7 @@ class Outbound:
     send_at: datetime | None = None
     labels: Sequence[str] = ()
     max_hours: int = 72
+    id: str | None = None
 
 
 # --- the SMTP edge -----------------------------------------------------------------
@@ -635,6 +638,7 @@ class MailStore:
             bcc=outbound.bcc,
             send_at=outbound.send_at,
             return_path=outbound.return_path,
+            message_id=outbound.id,
         )
         await conn.execute(
             ENQUEUE,
@@ -664,8 +668,9 @@ class MailStore:
         bcc: Sequence[str] = (),
         send_at: datetime | None = None,
         return_path: str | None = None,
+        message_id: str | None = None,
     ) -> Message:
-        message_id = ids.new_id("msg")
+        message_id = message_id or ids.new_id("msg")
         row = await conn.fetchrow(
             INSERT_MESSAGE,
             message_id,

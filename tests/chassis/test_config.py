@@ -13,6 +13,7 @@ from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from services.chassis.config import OPTIONAL_SECRETS, Settings, secret_settings, setting_name
+from services.domains.records import new_dkim_private_pem
 from tests.conftest import REPO_ROOT
 
 #: A value of its own for every secret setting.
@@ -21,6 +22,7 @@ PRODUCTION_SECRETS = {
     "db_role_password": secrets.token_urlsafe(16),
     "internal_token": secrets.token_urlsafe(32),
     "dkim_encryption_key": Fernet.generate_key().decode(),
+    "shared_dkim_private_key": new_dkim_private_pem().decode(),
     "credential_hash_key": secrets.token_urlsafe(32),
     "page_token_key": secrets.token_urlsafe(32),  # issue 11's signed page tokens
     "webhook_secret_key": Fernet.generate_key().decode(),

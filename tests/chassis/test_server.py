@@ -305,3 +305,21 @@ async def test_a_connection_refused_while_the_database_starts_is_retried(
         assert proxy.accepted - before == len(db.CONNECT_RETRY_DELAYS) + 1
     finally:
         await pool.close()
+
+
+def test_what_counts_as_the_database_unreachable() -> None:
+    """503, not 500: the errors a lost or failing-over server raises (issue 11, 15)."""
+    import asyncpg
+
+    assert db.is_unreachable(ConnectionResetError())
+    assert db.is_unreachable(asyncpg.exceptions.ConnectionDoesNotExistError("closed"))
+    assert db.is_unreachable(asyncpg.exceptions.ReadOnlySQLTransactionError("read only"))
+    assert db.is_unreachable(asyncpg.InterfaceError("connection is closed"))
+    # A connection left mid-operation when its server died (Patroni fail-over test).
+    assert db.is_unreachable(
+        asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        )
+    )
+    assert not db.is_unreachable(asyncpg.exceptions.UniqueViolationError("duplicate"))
+    assert not db.is_unreachable(asyncpg.exceptions.InternalClientError("a bug"))

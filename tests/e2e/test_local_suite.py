@@ -5,12 +5,14 @@ over real HTTP, by a reflection-only gRPC client (no .proto files) and by
 from __future__ import annotations
 
 import http.server
+import imaplib
 import json
 import os
 import queue
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -41,6 +44,7 @@ class Suite:
         self.pods_port = free_port()
         self.gateway_port = free_port()
         self.smtp_port = free_port()
+        self.imap_port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPLANE_")}
         self.env.update(
             MAILPLANE_STATE_DIR=str(state),
@@ -50,6 +54,9 @@ class Suite:
             MAILPLANE_MAILBOXES_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_MESSAGES_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_SMTP_INBOUND_ADDR=f"127.0.0.1:{self.smtp_port}",
+            MAILPLANE_IMAP_ADDR=f"127.0.0.1:{self.imap_port}",
+            MAILPLANE_SUBMISSION_ADDR=f"127.0.0.1:{free_port()}",
+            MAILPLANE_SUBMISSIONS_ADDR=f"127.0.0.1:{free_port()}",
             MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
             MAILPLANE_LOG_FORMAT="json",
             MAILPLANE_DNS_NAMESERVERS=f"127.0.0.1:{dns_port}",
@@ -141,6 +148,10 @@ def reflective_call(
 def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zone) -> None:
     key = (suite.state / "dev-api-key").read_text().strip()
     assert key in suite.banner and suite.url in suite.banner
+    # The shared domain's DKIM key, made by the launcher: its record to publish.
+    dkim_record = (suite.state / "shared-dkim.txt").read_text()
+    assert dkim_record.startswith('mailplane._domainkey.mailplane.test. IN TXT "v=DKIM1; k=rsa; p=')
+    assert "mailplane._domainkey.mailplane.test" in suite.banner
     headers = {"Authorization": f"Bearer {key}"}
 
     created = httpx.post(
@@ -252,7 +263,7 @@ def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zon
 
     assert suite.interrupt() == 0
     assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
-    assert not port_open(suite.smtp_port)
+    assert not port_open(suite.smtp_port) and not port_open(suite.imap_port)
     assert not (suite.state / "pgdata" / "postmaster.pid").exists()
 
     suite.start()  # again: the data and the key are kept
@@ -318,5 +329,25 @@ def mail_arrives_and_is_announced(suite: Suite, headers: dict[str, str]) -> None
         Webhook(hook.json()["secret"]).verify(body, sent_headers)  # raises if not signed
         assert sent_headers["webhook-id"] == events[0]["id"]
         assert json.loads(body)["data"]["message"]["subject"] == "Your code is 123456"
+        read_over_imap(suite, inbox, messages[0]["id"], headers)
     finally:
         receiver.shutdown()
+
+
+def read_over_imap(
+    suite: Suite, inbox: dict[str, Any], message_id: str, headers: dict[str, str]
+) -> None:
+    """DESIGN §7.1: the credentials from the create response log in to the
+    launched IMAP listener as handed out; the message is there, and marking it
+    seen over IMAP removes the ``unread`` label over REST."""
+    imap = inbox["credentials"]["imap"]
+    assert (imap["host"], imap["port"], imap["tls"]) == ("127.0.0.1", suite.imap_port, True)
+    context = ssl.create_default_context(cafile=str(suite.state / "tls" / "cert.pem"))
+    with imaplib.IMAP4_SSL(imap["host"], imap["port"], ssl_context=context, timeout=10) as client:
+        client.login(imap["username"], imap["password"])
+        assert client.select("INBOX") == ("OK", [b"1"])
+        _, fetched = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)] FLAGS)")
+        assert b"Subject: Your code is 123456" in fetched[0][1]
+        assert client.store("1", "+FLAGS", "(\\Seen)")[0] == "OK"
+    labels = httpx.get(f"{suite.url}/v1/messages/{message_id}", headers=headers).json()["labels"]
+    assert "unread" not in labels and "received" in labels

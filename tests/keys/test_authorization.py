@@ -26,6 +26,8 @@ from mailplane.messages.v1 import (
     events_pb2_grpc,
     messages_pb2,
     messages_pb2_grpc,
+    sending_pb2,
+    sending_pb2_grpc,
 )
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 from ulid import ULID
@@ -38,6 +40,7 @@ from services.messages.api import MESSAGE_ACCESS
 from services.messages.directory_api import ADDRESS_ACCESS
 from services.messages.events_api import EVENT_ACCESS, WEBHOOK_ACCESS
 from services.messages.ingest import Ingest
+from services.messages.outbox_api import SENDING_ACCESS
 from services.pods.api import ACCOUNT_ACCESS, API_KEY_ACCESS, POD_ACCESS
 from tests.conftest import Tenant, Zone
 from tests.gateway.test_rest import assert_error
@@ -59,6 +62,7 @@ SERVICES = {
     "mailplane.messages.v1.AddressService": (addresses_pb2, "messages_addr", ADDRESS_ACCESS),
     "mailplane.messages.v1.EventService": (events_pb2, "messages_addr", EVENT_ACCESS),
     "mailplane.messages.v1.WebhookService": (events_pb2, "messages_addr", WEBHOOK_ACCESS),
+    "mailplane.messages.v1.SendingService": (sending_pb2, "messages_addr", SENDING_ACCESS),
 }
 
 #: The callers, in the matrix's column order. Every request names resources of
@@ -130,6 +134,7 @@ EXPECTED: dict[str, str] = {
     "DomainService/DeleteDomain": _CREATE_IN_POD,
     "DomainService/VerifyDomain": _CREATE_IN_POD,
     "DomainService/CountDomains": _COUNT,
+    "DomainService/SignDkim": _OPERATOR,
     "InboxService/GetInboxAddresses": _OPERATOR,
     "MailboxService/GetMailboxAddresses": _OPERATOR,
     "MessageService/ListMessages": _INBOX_READ,
@@ -158,6 +163,20 @@ EXPECTED: dict[str, str] = {
     "WebhookService/RotateWebhookSecret": _ACCOUNT_WRITE,
     "WebhookService/ListWebhookDeliveries": _ACCOUNT_READ,
     "WebhookService/TestWebhook": _ACCOUNT_WRITE,
+    "SendingService/SendMessage": _INBOX_WRITE,
+    "SendingService/ReplyToMessage": _INBOX_WRITE,
+    "SendingService/ForwardMessage": _INBOX_WRITE,
+    "SendingService/CreateDraft": _INBOX_WRITE,
+    "SendingService/GetDraft": _INBOX_READ,
+    "SendingService/ListDrafts": _INBOX_READ,
+    "SendingService/UpdateDraft": _INBOX_WRITE,
+    "SendingService/DeleteDraft": _INBOX_WRITE,
+    "SendingService/SendDraft": _INBOX_WRITE,
+    # The suppression list is the account's: account-wide keys only.
+    "SendingService/ListSuppressions": "ok   ok   ok   deny deny deny deny deny hid",
+    "SendingService/CreateSuppression": "ok   ok   deny deny deny deny deny deny ok",
+    "SendingService/DeleteSuppression": "ok   ok   deny deny deny deny deny deny hid",
+    "SendingService/GetSendingStats": _INBOX_READ,
 }
 
 
@@ -193,6 +212,28 @@ class World:
     attachment: str = ""
     event: str = ""
     webhook: str = ""
+    draft: str = ""
+    suppressed: str = ""
+
+    async def fresh_draft(self) -> str:
+        stub = self.stub("mailplane.messages.v1.SendingService")
+        made = await stub.CreateDraft(
+            sending_pb2.CreateDraftRequest(
+                inbox_id=self.inbox, draft=sending_pb2.Draft(to=["ada@example.com"], text="hi")
+            ),
+            metadata=self.admin,
+        )
+        return str(made.id)
+
+    async def fresh_suppression(self) -> str:
+        stub = self.stub("mailplane.messages.v1.SendingService")
+        made = await stub.CreateSuppression(
+            sending_pb2.CreateSuppressionRequest(
+                suppression=sending_pb2.Suppression(address=f"{_name()}@example.com")
+            ),
+            metadata=self.admin,
+        )
+        return str(made.address)
 
     async def fresh_webhook(self) -> str:
         stub = self.stub("mailplane.messages.v1.WebhookService")
@@ -232,6 +273,7 @@ class World:
             messages_pb2: messages_pb2_grpc,
             addresses_pb2: addresses_pb2_grpc,
             events_pb2: events_pb2_grpc,
+            sending_pb2: sending_pb2_grpc,
         }[module]
         return getattr(grpc_module, f"{short}Stub")(self.channels[address])
 
@@ -349,6 +391,8 @@ async def build_world(
     )
     world.event = events.events[-1].id
     world.webhook = await world.fresh_webhook()
+    world.draft = await world.fresh_draft()
+    world.suppressed = await world.fresh_suppression()
     return world
 
 
@@ -363,8 +407,45 @@ def _requests() -> dict[str, Request]:
     """A valid request of every RPC, about account A's pod P; destructive RPCs get
     a fresh target each call."""
     p, i, m, d = pods_pb2, inboxes_pb2, mailboxes_pb2, domains_pb2
-    ms, a, ev = messages_pb2, addresses_pb2, events_pb2
+    ms, a, ev, s = messages_pb2, addresses_pb2, events_pb2, sending_pb2
     return {
+        "SendingService/SendMessage": lambda w: _fixed(
+            s.SendMessageRequest(
+                inbox_id=w.inbox, to=["ada@example.com"], text="hi", idempotency_key=_name()
+            )
+        ),
+        "SendingService/ReplyToMessage": lambda w: _fixed(
+            s.ReplyToMessageRequest(message_id=w.message, text="ok", idempotency_key=_name())
+        ),
+        "SendingService/ForwardMessage": lambda w: _fixed(
+            s.ForwardMessageRequest(
+                message_id=w.message, to=["bob@example.com"], idempotency_key=_name()
+            )
+        ),
+        "SendingService/CreateDraft": lambda w: _fixed(
+            s.CreateDraftRequest(inbox_id=w.inbox, draft=s.Draft(subject=_name()))
+        ),
+        "SendingService/GetDraft": lambda w: _fixed(s.GetDraftRequest(draft_id=w.draft)),
+        "SendingService/ListDrafts": lambda w: _fixed(
+            s.ListDraftsRequest(inbox_id=w.inbox, page_size=100)
+        ),
+        "SendingService/UpdateDraft": lambda w: _fixed(
+            s.UpdateDraftRequest(
+                draft_id=w.draft, draft=s.Draft(subject=_name()), update_mask=_mask("subject")
+            )
+        ),
+        "SendingService/DeleteDraft": _delete_draft,
+        "SendingService/SendDraft": _send_draft,
+        "SendingService/ListSuppressions": lambda w: _fixed(
+            s.ListSuppressionsRequest(page_size=100)
+        ),
+        "SendingService/CreateSuppression": lambda w: _fixed(
+            s.CreateSuppressionRequest(suppression=s.Suppression(address=f"{_name()}@example.com"))
+        ),
+        "SendingService/DeleteSuppression": _delete_suppression,
+        "SendingService/GetSendingStats": lambda w: _fixed(
+            s.GetSendingStatsRequest(inbox_id=w.inbox, period="7d")
+        ),
         "InboxService/GetInboxAddresses": lambda w: _fixed(
             i.GetInboxAddressesRequest(inbox_ids=[w.inbox])
         ),
@@ -545,6 +626,11 @@ def _requests() -> dict[str, Request]:
         "DomainService/CountDomains": lambda w: _fixed(
             d.CountDomainsRequest(pod_id=w.pod, account_id=w.account_id)
         ),
+        "DomainService/SignDkim": lambda w: _fixed(
+            d.SignDkimRequest(
+                account_id=w.account_id, domain=w.settings.shared_domain, digest=bytes(32)
+            )
+        ),
     }
 
 
@@ -576,6 +662,18 @@ def _route_fields(w: World) -> dict[str, Any]:
         "account_id": w.account_id,
         "pod_id": w.pod,
     }
+
+
+async def _delete_draft(w: World) -> Message:
+    return sending_pb2.DeleteDraftRequest(draft_id=await w.fresh_draft())
+
+
+async def _send_draft(w: World) -> Message:
+    return sending_pb2.SendDraftRequest(draft_id=await w.fresh_draft())
+
+
+async def _delete_suppression(w: World) -> Message:
+    return sending_pb2.DeleteSuppressionRequest(address=await w.fresh_suppression())
 
 
 async def _delete_webhook(w: World) -> Message:
@@ -625,7 +723,10 @@ def _sees(method: str, world: World, response: Message) -> bool:
         "MessageService/ListThreads": ("threads", world.thread),
         "EventService/ListEvents": ("events", world.event),
         "WebhookService/ListWebhooks": ("webhooks", world.webhook),
+        "SendingService/ListDrafts": ("drafts", world.draft),
     }
+    if method == "SendingService/ListSuppressions":
+        return world.suppressed in {s.address for s in response.suppressions}
     if method not in targets:
         return True
     field, target = targets[method]

@@ -27,6 +27,10 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "name": "Probe",
         "action": {"type": "archive"},
     },
+    ("post", "/v1/inboxes/{inbox}/messages"): {"to": ["probe@example.com"], "text": "x"},
+    ("post", "/v1/agent/mailboxes/{mailbox}/messages"): {"to": ["probe@example.com"]},
+    ("post", "/v1/messages/{message}/forward"): {"to": ["probe@example.com"]},
+    ("patch", "/v1/drafts/{draft}"): {"subject": "Probe"},
 }
 
 
@@ -89,7 +93,17 @@ async def test_every_route_with_another_accounts_ids_answers_404(
             headers=h,
         )
     ).json()
+    draft = (
+        await http.post(
+            f"/v1/inboxes/{inbox['id']}/drafts", json={"to": ["ada@example.com"]}, headers=h
+        )
+    ).json()
+    suppressed = (
+        await http.post("/v1/suppressions", json={"address": "gone@example.com"}, headers=h)
+    ).json()
     ids = {
+        "draft": draft["id"],
+        "address": suppressed["address"],
         "pod": pod["id"],
         "inbox": inbox["id"],
         "domain": domain["id"],
@@ -115,7 +129,7 @@ async def test_every_route_with_another_accounts_ids_answers_404(
                 method.upper(),
                 url,
                 json=body if body is not None else ({} if method in ("post", "patch") else None),
-                headers=intruder.headers,
+                headers={**intruder.headers, "Idempotency-Key": uuid.uuid4().hex},
             )
             assert response.status_code == 404, (method, path, response.text)
             assert response.json()["error"].endswith("not_found"), (method, path, response.text)

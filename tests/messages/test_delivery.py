@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -27,6 +28,7 @@ from services.messages.delivery import (
     retry_delay,
     return_path_of,
 )
+from services.messages.dkim import DkimSigner
 from services.messages.ingest import Ingest
 from services.messages.models import Message, Owner
 from services.messages.resolver import SenderResolver
@@ -41,6 +43,7 @@ from tests.messages.outbound import (
     start_sink,
     verify_dkim,
 )
+from tests.messages.test_dkim import shared_record  # noqa: F401 (a fixture used here)
 from tests.messages.test_inbound import drain, new_inbox
 from tests.messages.test_mailbox_policy import new_mailbox, patch
 
@@ -588,3 +591,68 @@ async def test_an_unreachable_preferred_mx_falls_back_to_the_next_and_a_smarthos
     finally:
         await relay.connections.close()
     assert len(sink.of(relayed.message_id)) == 1
+
+
+@pytest.mark.usefixtures("shared_record")  # the shared domain's key record, published
+async def test_a_send_through_the_api_arrives_signed_by_the_domains_service_and_counts(
+    http: httpx.AsyncClient,
+    services: Services,
+    settings: Settings,
+    tenant: Tenant,
+    sink: Sink,
+    domain: str,
+    dns_zone: Zone,
+    edge: tuple[str, int],
+    ingest: Ingest,
+) -> None:
+    """The whole path: the REST send, the worker signing through the domains
+    service (``DkimSigner``, as the ``worker`` process does), the MX, then a DSN
+    for one recipient, and the mailbox's stats."""
+    pool = services.messages.pool
+    mailbox = await new_mailbox(http, tenant)
+    path = f"/v1/agent/mailboxes/{mailbox['id']}"
+    ann, bob = f"ann@{domain}", f"bob@{domain}"
+    answer = await http.post(
+        f"{path}/messages",
+        json={"to": [ann], "cc": [bob], "subject": "Quote", "text": "100 units: 4,000 EUR."},
+        headers={**tenant.headers, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert answer.status_code == 202, answer.text
+    sent = answer.json()
+    async with grpc.aio.insecure_channel(settings.domains_addr) as channel:
+        signer = DkimSigner(
+            channel, settings.peer_deadline_seconds, settings.internal_token.get_secret_value()
+        )
+        worker = Delivery(
+            pool,
+            SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds),
+            signer.sign,
+            Options(helo="out.mailplane.test", shared_domain=SHARED, port=sink.port),
+        )
+        row = await pool.fetchrow("SELECT * FROM messages WHERE id = $1", sent["id"])
+
+        async def gone_out() -> bool:
+            status = await pool.fetchval("SELECT status FROM messages WHERE id = $1", sent["id"])
+            return bool(status == "sent")
+
+        await until(worker, gone_out)
+        await worker.connections.close()
+
+    (copy,) = sink.of(row["rfc_message_id"])
+    assert sorted(copy.rcpt_tos) == [ann, bob]
+    assert verify_dkim(copy.content, dns_zone)  # the key the domains service holds
+    assert bounced_message_of(copy.mail_from) == sent["id"]  # the API's VERP return path
+
+    report = dsn(copy.mail_from, row["rfc_message_id"], bob, f"mx.{domain}")
+    await with_null_sender(edge, report, copy.mail_from)
+    await drain(ingest)
+    got = (await http.get(f"/v1/messages/{sent['id']}", headers=tenant.headers)).json()
+    assert got["status"] == "sent" and "bounced" in got["labels"]
+    stats = (
+        await http.get(f"{path}/stats", params={"period": "24h"}, headers=tenant.headers)
+    ).json()
+    assert stats["sends"]["period"] == 1
+    assert stats["deliverability"]["delivered"] == 0
+    assert stats["deliverability"]["bounced"] == 1
+    suppressions = (await http.get("/v1/suppressions", headers=tenant.headers)).json()
+    assert [s["address"] for s in suppressions["suppressions"]] == [bob]

@@ -1,0 +1,102 @@
+"""``python -m benchmarks.submission_load HOST PORT USER PASSWORD CAFILE SECONDS``:
+authenticated SMTP submission load (STARTTLS, AUTH PLAIN), one connection per
+session reused for every message, ``SESSIONS`` sessions at once, 4 KB messages
+with a fresh Message-ID each. Prints ``{"messages", "seconds", "errors",
+"p50_ms", "p99_ms", "login_p99_ms"}`` as one JSON line.
+
+Run in its own process, so the load does not share the listener's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import statistics
+import sys
+import time
+import uuid
+from email.message import EmailMessage
+
+import aiosmtplib
+
+SESSIONS = 8
+BODY = ("x" * 76 + "\n") * 52  # about 4 KB
+
+
+def _message(sender: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "sink@example.com"
+    message["Subject"] = "Submission load"
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@load.example>"
+    message.set_content(BODY)
+    return message
+
+
+async def _session(
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    context: ssl.SSLContext,
+    until: float,
+    latencies: list[float],
+    logins: list[float],
+    errors: list[str],
+) -> None:
+    started = time.perf_counter()
+    client = aiosmtplib.SMTP(hostname=host, port=port, tls_context=context, start_tls=True)
+    await client.connect()
+    await client.login(user, password)
+    logins.append(time.perf_counter() - started)
+    try:
+        while time.monotonic() < until:
+            began = time.perf_counter()
+            try:
+                await client.send_message(_message(user))
+            except aiosmtplib.SMTPException as error:
+                errors.append(type(error).__name__)
+                continue
+            latencies.append(time.perf_counter() - began)
+    finally:
+        await client.quit()
+
+
+async def _run(host: str, port: int, user: str, password: str, cafile: str, seconds: float) -> None:
+    context = ssl.create_default_context(cafile=cafile)
+    latencies: list[float] = []
+    logins: list[float] = []
+    errors: list[str] = []
+    started = time.monotonic()
+    until = started + seconds
+    await asyncio.gather(
+        *(
+            _session(host, port, user, password, context, until, latencies, logins, errors)
+            for _ in range(SESSIONS)
+        )
+    )
+    elapsed = time.monotonic() - started
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    print(
+        json.dumps(
+            {
+                "messages": len(latencies),
+                "seconds": elapsed,
+                "errors": len(errors),
+                "p50_ms": cuts[49] * 1000,
+                "p99_ms": cuts[98] * 1000,
+                "login_p99_ms": max(logins) * 1000 if logins else 0.0,
+            }
+        )
+    )
+
+
+def main() -> None:
+    """Parses the arguments and runs the load."""
+    host, port, user, password, cafile, seconds = sys.argv[1:7]
+    asyncio.run(_run(host, int(port), user, password, cafile, float(seconds)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""IMAP over the messages store (DESIGN §7.1): stock clients (``imaplib`` and
+``imapclient``) against the real listener, with credentials as ``POST
+/v1/inboxes`` hands them out, mail sent over real SMTP to the MX edge, and
+REST reading the same store."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import re
+import ssl
+from typing import Any
+
+import httpx
+import imapclient
+
+from services.messages.ingest import Ingest
+from tests.conftest import Services, Tenant
+from tests.imap.conftest import Listener
+from tests.messages.test_inbound import drain, message, new_inbox, send
+
+
+def login(listener: Listener, imap: dict[str, Any]) -> imaplib.IMAP4_SSL:
+    """imaplib, logged in with an inbox's handed-out ``imap`` block, verifying
+    the listener's certificate."""
+    context = ssl.create_default_context(cafile=str(listener.cafile))
+    client = imaplib.IMAP4_SSL(imap["host"], imap["port"], ssl_context=context, timeout=30)
+    client.login(imap["username"], imap["password"])
+    return client
+
+
+def other_client(listener: Listener, imap: dict[str, Any]) -> imapclient.IMAPClient:
+    """imapclient, logged in the same way."""
+    context = ssl.create_default_context(cafile=str(listener.cafile))
+    client = imapclient.IMAPClient(
+        imap["host"], imap["port"], ssl=True, ssl_context=context, timeout=30
+    )
+    client.login(imap["username"], imap["password"])
+    return client
+
+
+def flags_of(fetched: list[Any]) -> set[str]:
+    """The FLAGS of imaplib's answer to a FETCH of one message."""
+    text = b" ".join(p if isinstance(p, bytes) else p[0] for p in fetched).decode()
+    match = re.search(r"FLAGS \(([^)]*)\)", text)
+    assert match, text
+    return set(match.group(1).split())
+
+
+async def inbox_with_mail(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    *subjects: str,
+) -> dict[str, Any]:
+    """A new inbox, and one message per subject sent to it over SMTP and ingested."""
+    inbox = await new_inbox(http, services, tenant)
+    for subject in subjects:
+        await send(edge, message(inbox["email"], subject=subject), [inbox["email"]])
+    await drain(ingest)
+    return inbox
+
+
+async def rest_message(http: httpx.AsyncClient, tenant: Tenant, inbox: dict[str, Any]) -> Any:
+    listed = await http.get(
+        f"/v1/inboxes/{inbox['id']}/messages",
+        params={"includeTrash": "true"},
+        headers=tenant.headers,
+    )
+    assert listed.status_code == 200, listed.text
+    (only,) = listed.json()["messages"]
+    return only
+
+
+async def test_handed_out_credentials_read_mail_sent_over_smtp(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Quote for 100 units")
+    imap = inbox["credentials"]["imap"]
+    assert imap["tls"] is True
+    assert (imap["host"], imap["port"]) == (imap_listener.host, imap_listener.port)
+    assert imap["username"] == inbox["email"]
+    rest = await rest_message(http, tenant, inbox)
+    raw = await http.get(f"/v1/messages/{rest['id']}/raw", headers=tenant.headers)
+
+    def read() -> dict[str, Any]:
+        client = login(imap_listener, imap)
+        try:
+            status, data = client.select("INBOX")
+            assert status == "OK" and data == [b"1"]
+            _, envelope = client.fetch("1", "(FLAGS ENVELOPE BODYSTRUCTURE)")
+            _, body = client.fetch("1", "(BODY.PEEK[])")
+            _, unseen = client.search(None, "UNSEEN")
+            _, by_subject = client.uid("SEARCH", "SUBJECT", '"100 units"')
+            _, none = client.search(None, "SUBJECT", '"nothing like it"')
+            folders = [line.decode() for line in client.list()[1]]
+            return {
+                "envelope": envelope,
+                "body": body[0][1],
+                "unseen": unseen,
+                "uids": by_subject,
+                "none": none,
+                "folders": folders,
+            }
+        finally:
+            client.logout()
+
+    got = await asyncio.to_thread(read)
+    head = got["envelope"][0] if isinstance(got["envelope"][0], bytes) else got["envelope"][0][0]
+    assert b'"Quote for 100 units"' in head
+    assert b'("Ada Lovelace" NIL "ada" "example.com")' in head
+    assert b'BODYSTRUCTURE ("text" "plain"' in head
+    assert "\\Seen" not in flags_of(got["envelope"])
+    assert got["body"] == raw.content
+    assert got["unseen"] == [b"1"] and got["none"] == [b""]
+    assert len(got["uids"][0].split()) == 1
+    names = " ".join(got["folders"])
+    for folder in ("INBOX", "Sent", "Trash", "Junk", "Archive"):
+        assert f'"{folder}"' in names or f" {folder}" in names
+    assert "\\Trash" in names and "\\Sent" in names
+
+
+async def test_wrong_password_is_refused(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    imap_listener: Listener,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    imap = inbox["credentials"]["imap"]
+
+    def attempt(password: str) -> str:
+        try:
+            login(imap_listener, {**imap, "password": password}).logout()
+        except imaplib.IMAP4.error as exc:
+            return str(exc)
+        return "OK"
+
+    refused = await asyncio.to_thread(attempt, imap["password"] + "x")
+    assert "AUTHENTICATIONFAILED" in refused or "wrong" in refused
+    assert await asyncio.to_thread(attempt, imap["password"]) == "OK"
+
+
+async def test_seen_and_keywords_are_labels_both_ways(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Flags")
+    imap = inbox["credentials"]["imap"]
+    client = await asyncio.to_thread(login, imap_listener, imap)
+    try:
+        await asyncio.to_thread(client.select, "INBOX")
+        # IMAP → REST: \Seen removes `unread`, a keyword becomes a label.
+        stored = await asyncio.to_thread(client.store, "1", "+FLAGS", "(\\Seen vip)")
+        assert stored[0] == "OK"
+        rest = await rest_message(http, tenant, inbox)
+        assert "unread" not in rest["labels"] and "vip" in rest["labels"]
+        assert "received" in rest["labels"]
+        # REST → IMAP: `unread` clears \Seen, a label shows as a keyword.
+        patched = await http.patch(
+            f"/v1/messages/{rest['id']}",
+            json={"addLabels": ["unread", "follow-up"], "removeLabels": ["vip"]},
+            headers=tenant.headers,
+        )
+        assert patched.status_code == 200, patched.text
+        _, fetched = await asyncio.to_thread(client.fetch, "1", "(FLAGS)")
+        assert flags_of(fetched) == {"follow-up"}
+        # FETCH BODY[] sets \Seen (RFC 3501 §6.4.5), and REST sees it.
+        await asyncio.to_thread(client.fetch, "1", "(BODY[])")
+        assert "unread" not in (await rest_message(http, tenant, inbox))["labels"]
+    finally:
+        await asyncio.to_thread(client.logout)
+
+
+async def test_expunge_trashes_and_expunge_in_trash_deletes(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Old news")
+    imap = inbox["credentials"]["imap"]
+    rest = await rest_message(http, tenant, inbox)
+
+    def expunge(folder: str) -> tuple[Any, Any]:
+        client = login(imap_listener, imap)
+        try:
+            client.select(folder)
+            client.store("1", "+FLAGS", "(\\Deleted)")
+            expunged = client.expunge()
+            return expunged, client.select(folder)
+        finally:
+            client.logout()
+
+    expunged, inbox_after = await asyncio.to_thread(expunge, "INBOX")
+    assert expunged == ("OK", [b"1"]) and inbox_after == ("OK", [b"0"])
+    assert "trash" in (await rest_message(http, tenant, inbox))["labels"]
+
+    def move_back() -> Any:
+        client = other_client(imap_listener, imap)
+        try:
+            client.select_folder("Trash")
+            (uid,) = client.search("ALL")
+            client.move([uid], "INBOX")
+            return client.select_folder("INBOX")[b"EXISTS"]
+        finally:
+            client.logout()
+
+    assert await asyncio.to_thread(move_back) == 1
+    assert "trash" not in (await rest_message(http, tenant, inbox))["labels"]
+
+    # Trashed over REST, then expunged from Trash over IMAP: gone for good.
+    await http.patch(
+        f"/v1/messages/{rest['id']}", json={"addLabels": ["trash"]}, headers=tenant.headers
+    )
+    expunged, trash_after = await asyncio.to_thread(expunge, "Trash")
+    assert expunged == ("OK", [b"1"]) and trash_after == ("OK", [b"0"])
+    gone = await http.get(f"/v1/messages/{rest['id']}", headers=tenant.headers)
+    assert gone.status_code == 404
+
+
+async def test_uids_are_stable_and_grow_across_folders(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "One", "Two")
+    imap = inbox["credentials"]["imap"]
+
+    def uids() -> dict[str, Any]:
+        client = other_client(imap_listener, imap)
+        try:
+            first = client.select_folder("INBOX")
+            before = client.search("ALL")
+            (moved,) = client.search(["SUBJECT", "One"])
+            # COPY to Trash trashes: one message is in one folder.
+            client.copy([moved], "Trash")
+            again = client.select_folder("INBOX")
+            after = client.search("ALL")
+            trash = client.select_folder("Trash")
+            return {
+                "capabilities": client.capabilities(),
+                "first": first,
+                "before": before,
+                "again": again,
+                "after": after,
+                "trash": trash,
+                "trashed": client.search("ALL"),
+            }
+        finally:
+            client.logout()
+
+    got = await asyncio.to_thread(uids)
+    assert {b"IDLE", b"UIDPLUS", b"MOVE"} <= set(got["capabilities"])
+    validity = got["first"][b"UIDVALIDITY"]
+    assert got["again"][b"UIDVALIDITY"] == got["trash"][b"UIDVALIDITY"] == validity
+    assert got["first"][b"UIDNEXT"] > max(got["before"])
+    assert len(got["before"]) == 2 and got["after"] == [max(got["before"])]
+    # Entering Trash, the message took a UID above every UID handed out before.
+    (trashed,) = got["trashed"]
+    assert trashed >= got["first"][b"UIDNEXT"]
+
+
+async def test_idle_announces_new_mail(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    imap = inbox["credentials"]["imap"]
+    client = await asyncio.to_thread(other_client, imap_listener, imap)
+    try:
+        await asyncio.to_thread(client.select_folder, "INBOX")
+        await asyncio.to_thread(client.idle)
+        await send(edge, message(inbox["email"], subject="Ping"), [inbox["email"]])
+        await drain(ingest)
+        responses = await asyncio.to_thread(client.idle_check, 30)
+        await asyncio.to_thread(client.idle_done)
+        assert (1, b"EXISTS") in responses
+        fetched = await asyncio.to_thread(client.fetch, [1], ["ENVELOPE"])
+        (envelope,) = (f[b"ENVELOPE"] for f in fetched.values())
+        assert envelope.subject == b"Ping"
+    finally:
+        await asyncio.to_thread(client.logout)
+
+
+async def test_rotation_refuses_the_old_password_at_once(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    imap_listener: Listener,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    old = inbox["credentials"]["imap"]
+    await asyncio.to_thread(lambda: login(imap_listener, old).logout())
+    rotated = await http.post(
+        f"/v1/inboxes/{inbox['id']}/rotate-credentials", headers=tenant.headers
+    )
+    assert rotated.status_code == 200, rotated.text
+    new = rotated.json()["credentials"]["imap"]
+    assert new["password"] != old["password"]
+
+    def attempt(imap: dict[str, Any]) -> bool:
+        try:
+            login(imap_listener, imap).logout()
+        except imaplib.IMAP4.error:
+            return False
+        return True
+
+    assert await asyncio.to_thread(attempt, old) is False
+    assert await asyncio.to_thread(attempt, new) is True
+
+
+async def test_failed_logins_are_throttled_per_username(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    imap_listener: Listener,
+    settings: Any,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    imap = inbox["credentials"]["imap"]
+
+    def attempt(password: str) -> str:
+        try:
+            login(imap_listener, {**imap, "password": password}).logout()
+        except imaplib.IMAP4.error as exc:
+            return str(exc)
+        return "OK"
+
+    for _ in range(settings.login_failures_per_user):
+        assert "wrong" in await asyncio.to_thread(attempt, "not-the-password")
+    # Past the limit even the right password is refused, unchecked.
+    assert "Too many failed logins" in await asyncio.to_thread(attempt, imap["password"])
+
+
+async def test_an_inbox_sees_only_its_own_mail(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    other_tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    mine = await inbox_with_mail(http, services, tenant, edge, ingest, "Mine")
+    neighbour = await inbox_with_mail(http, services, tenant, edge, ingest, "Neighbour's")
+    stranger = await inbox_with_mail(
+        http, services, other_tenant, edge, ingest, "Stranger's", "Also the stranger's"
+    )
+
+    def subjects(imap: dict[str, Any]) -> list[bytes]:
+        client = other_client(imap_listener, imap)
+        try:
+            out = []
+            for folder in ("INBOX", "Sent", "Archive", "Junk", "Trash"):
+                client.select_folder(folder)
+                uids = client.search("ALL")
+                fetched = client.fetch(uids, ["ENVELOPE"]) if uids else {}
+                out.extend(f[b"ENVELOPE"].subject for f in fetched.values())
+            return sorted(out)
+        finally:
+            client.logout()
+
+    assert await asyncio.to_thread(subjects, mine["credentials"]["imap"]) == [b"Mine"]
+    assert await asyncio.to_thread(subjects, neighbour["credentials"]["imap"]) == [b"Neighbour's"]
+    assert await asyncio.to_thread(subjects, stranger["credentials"]["imap"]) == [
+        b"Also the stranger's",
+        b"Stranger's",
+    ]
+
+    def cross_login() -> bool:
+        crossed = {**mine["credentials"]["imap"]}
+        crossed["password"] = neighbour["credentials"]["imap"]["password"]
+        try:
+            login(imap_listener, crossed).logout()
+        except imaplib.IMAP4.error:
+            return False
+        return True
+
+    assert await asyncio.to_thread(cross_login) is False
+
+
+async def test_deleting_an_inbox_closes_its_sessions(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    imap_listener: Listener,
+) -> None:
+    inbox = await new_inbox(http, services, tenant)
+    client = await asyncio.to_thread(login, imap_listener, inbox["credentials"]["imap"])
+    await asyncio.to_thread(client.select, "INBOX")
+    deleted = await http.delete(f"/v1/inboxes/{inbox['id']}", headers=tenant.headers)
+    assert deleted.status_code == 200, deleted.text
+    line = await asyncio.to_thread(client.readline)
+    assert line.startswith(b"* BYE"), line
+    assert await asyncio.to_thread(client.readline) == b""  # and the connection closed
