@@ -4,11 +4,13 @@ over real HTTP, by a reflection-only gRPC client (no .proto files) and by
 
 from __future__ import annotations
 
+import email
 import http.server
 import imaplib
 import json
 import os
 import queue
+import re
 import signal
 import smtplib
 import socket
@@ -22,9 +24,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import dkim
+import dns.resolver
 import grpc
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -45,6 +50,8 @@ class Suite:
         self.gateway_port = free_port()
         self.smtp_port = free_port()
         self.imap_port = free_port()
+        #: Where the worker delivers outbound mail (a recipient domain's MX port).
+        self.outbound_port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPLANE_")}
         self.env.update(
             MAILPLANE_STATE_DIR=str(state),
@@ -60,6 +67,7 @@ class Suite:
             MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
             MAILPLANE_LOG_FORMAT="json",
             MAILPLANE_DNS_NAMESERVERS=f"127.0.0.1:{dns_port}",
+            MAILPLANE_OUTBOUND_PORT=str(self.outbound_port),
         )
         self.process: subprocess.Popen[str] | None = None
         self.banner = ""
@@ -259,7 +267,7 @@ def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zon
     assert billing["plan"] == "growth" and billing["mailboxes"] == {"used": 1, "limit": 10}
     assert billing["inboxes"]["used"] == 3 and billing["domains"]["used"] == 1
 
-    mail_arrives_and_is_announced(suite, headers)
+    mail_arrives_and_is_announced(suite, headers, dns_zone)
 
     assert suite.interrupt() == 0
     assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
@@ -287,9 +295,10 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         return None
 
 
-def mail_arrives_and_is_announced(suite: Suite, headers: dict[str, str]) -> None:
+def mail_arrives_and_is_announced(suite: Suite, headers: dict[str, str], dns_zone: Zone) -> None:
     """DESIGN §7: a message sent with a real SMTP client to an inbox's address is
-    listed, threaded, raises message.received on /v1/events and on a signed webhook."""
+    listed, threaded, raises message.received on /v1/events and on a signed webhook;
+    the agent's reply leaves, signed."""
     receiver = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
@@ -330,8 +339,62 @@ def mail_arrives_and_is_announced(suite: Suite, headers: dict[str, str]) -> None
         assert sent_headers["webhook-id"] == events[0]["id"]
         assert json.loads(body)["data"]["message"]["subject"] == "Your code is 123456"
         read_over_imap(suite, inbox, messages[0]["id"], headers)
+        the_reply_leaves_signed(suite, messages[0], headers, dns_zone)
     finally:
         receiver.shutdown()
+
+
+class _Sink:
+    """An MX that keeps what it is given (aiosmtpd handler)."""
+
+    def __init__(self) -> None:
+        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.put((envelope.mail_from, envelope.original_content))
+        return "250 2.0.0 Ok"
+
+
+def the_reply_leaves_signed(
+    suite: Suite, received: dict[str, Any], headers: dict[str, str], dns_zone: Zone
+) -> None:
+    """DESIGN §7.5: the agent replies through the API; the worker signs it through
+    the domains service and delivers it to the sender's MX (a sink on loopback,
+    reached through the DNS zone) with its threading headers and a DKIM signature
+    that verifies against the record the launcher wrote."""
+    line = (suite.state / "shared-dkim.txt").read_text()
+    dns_zone.publish(line.split()[0].rstrip("."), "TXT", "".join(re.findall(r'"([^"]*)"', line)))
+    dns_zone.publish("example.com", "MX", "10 mx.example.com")
+    dns_zone.publish("mx.example.com", "A", "127.0.0.1")
+    sink = _Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=suite.outbound_port)
+    controller.start()
+    try:
+        answer = httpx.post(
+            f"{suite.url}/v1/messages/{received['id']}/reply",
+            json={"text": "Thanks, signed in."},
+            headers={**headers, "Idempotency-Key": "reply-1"},
+        )
+        assert answer.status_code == 202, answer.text
+        mail_from, raw = sink.received.get(timeout=30)
+    finally:
+        controller.stop()
+    reply = email.message_from_bytes(raw)
+    assert reply["In-Reply-To"] == received["messageId"]
+    assert reply["Subject"] == "Re: Your code is 123456"
+    assert mail_from.endswith("@" + received["to"][0].rpartition("@")[2])  # VERP, ours
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], dns_zone.port
+
+    def txt(name: bytes, timeout: int = 5) -> bytes:
+        return b"".join(b"".join(r.strings) for r in resolver.resolve(name.decode(), "TXT"))
+
+    assert dkim.verify(raw, dnsfunc=txt)
+    sent = f"{suite.url}/v1/messages/{answer.json()['id']}"
+    deadline = time.monotonic() + 30
+    while httpx.get(sent, headers=headers).json()["status"] != "sent":
+        assert time.monotonic() < deadline, "the reply was not recorded sent"
+        time.sleep(0.1)
 
 
 def read_over_imap(
