@@ -419,9 +419,13 @@ class Delivery:
                     if exc.code in ("domain_not_sendable", "invalid_argument"):
                         await self._store.fail(lease, f"550 5.7.0 {exc.message}")
                         return
-                    wait = self._settings.retry_base
                     reply = f"451 4.3.0 DKIM signing unavailable: {exc.message}"
-                    outcomes.append(Outcome("queued", recipients, reply, wait))
+                    if datetime.now(UTC) >= lease.expires_at:
+                        expired = f"554 5.4.7 Not sent in its lifetime; last reply: {reply}"
+                        outcomes.append(Outcome("bounced", recipients, expired))
+                    else:
+                        wait = self._settings.retry_base
+                        outcomes.append(Outcome("queued", recipients, wait=wait, reply=reply))
                 else:
                     if lease.local:
                         more, handoff = await self._deliver_locally(lease, raw, recipients)
