@@ -425,7 +425,7 @@ class Delivery:
                         outcomes.append(Outcome("bounced", recipients, expired))
                     else:
                         wait = self._settings.retry_base
-                        outcomes.append(Outcome("queued", recipients, wait=wait, reply=reply))
+                        outcomes.append(Outcome("queued", recipients, reply, wait))
                 else:
                     if lease.local:
                         more, handoff = await self._deliver_locally(lease, raw, recipients)

@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from services.chassis.config import Settings
+from services.chassis.errors import MailplaneError
 from services.messages.delivery import (
     Delivery,
     Options,
@@ -656,3 +657,40 @@ async def test_a_send_through_the_api_arrives_signed_by_the_domains_service_and_
     assert stats["deliverability"]["bounced"] == 1
     suppressions = (await http.get("/v1/suppressions", headers=tenant.headers)).json()
     assert [s["address"] for s in suppressions["suppressions"]] == [bob]
+
+
+async def test_a_signer_that_is_unavailable_delays_the_message_without_counting_an_attempt(
+    http: httpx.AsyncClient,
+    services: Services,
+    settings: Settings,
+    tenant: Tenant,
+    sink: Sink,
+    domain: str,
+    signer: LoopbackSigner,
+) -> None:
+    pool = services.messages.pool
+    owner, sender = await sender_of(http, services, tenant)
+    outages = [MailplaneError("unavailable", "The domains service is down.")]
+
+    async def flaky(account_id: str, signing_domain: str, raw: bytes) -> bytes:
+        if outages and account_id == tenant.account_id:  # other tests' rows may be due too
+            raise outages.pop()
+        return await signer.sign(account_id, signing_domain, raw)
+
+    worker = Delivery(
+        pool,
+        SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds),
+        flaky,
+        Options(helo="out.mailplane.test", shared_domain=SHARED, port=sink.port, retry_base=0.05),
+    )
+    message = await queue(pool, owner, sender, [f"ann@{domain}"])
+    assert await worker.run_once() >= 1
+    row = await pool.fetchrow(
+        "SELECT state, attempts, last_reply FROM deliveries WHERE message_id = $1", message.id
+    )
+    assert (row["state"], row["attempts"]) == ("queued", 0)
+    assert row["last_reply"].startswith("451 4.3.0 DKIM signing unavailable")
+    assert sink.of(message.message_id) == []
+    await until(worker, settled(pool, message, "sent"))
+    await worker.connections.close()
+    assert len(sink.of(message.message_id)) == 1
