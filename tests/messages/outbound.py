@@ -56,14 +56,15 @@ class Received:
 
 @dataclass
 class Sink:
-    """A loopback MX. ``rcpt_replies[address]`` and ``data_replies`` are queues
-    of replies the next RCPT of that address or the next DATA answer with
-    (``250`` once empty)."""
+    """A loopback MX. ``rcpt_replies[address]`` and ``data_replies[address]`` are
+    queues of replies the next RCPT of that address, or the next DATA of a
+    transaction whose first recipient it is, answer with (``250`` once empty).
+    Keyed by address, so mail other tests left queued cannot take them."""
 
     port: int
     received: list[Received] = field(default_factory=list)
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
-    data_replies: list[str] = field(default_factory=list)
+    data_replies: dict[str, list[str]] = field(default_factory=dict)
     sessions: int = 0
 
     async def handle_RCPT(
@@ -76,8 +77,9 @@ class Sink:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.data_replies:
-            return self.data_replies.pop(0)
+        queued = self.data_replies.get(envelope.rcpt_tos[0].lower()) if envelope.rcpt_tos else None
+        if queued:
+            return queued.pop(0)
         self.received.append(
             Received(
                 envelope.mail_from or "",
@@ -150,10 +152,11 @@ class LoopbackSigner:
 
     selector: str
     private_pem: bytes
-    calls: list[str] = field(default_factory=list)
+    #: ``(account_id, domain)`` of every signature asked for.
+    calls: list[tuple[str, str]] = field(default_factory=list)
 
     async def sign(self, account_id: str, domain: str, raw: bytes) -> bytes:
-        self.calls.append(domain)
+        self.calls.append((account_id, domain))
         if domain != SHARED:
             raise MailplaneError(
                 "domain_not_sendable", f"Domain {domain} cannot send; verify its SPF and DKIM."

@@ -166,7 +166,6 @@ async def test_a_message_is_signed_once_and_its_dkim_signature_verifies_at_the_m
     owner, sender = await sender_of(http, services, tenant)
     to = [f"ann@{domain}", f"bob@{domain}"]
     message = await queue(pool, owner, sender, to, size=4096, verp=True)
-    signed_before = len(signer.calls)
     await until(delivery, settled(pool, message, "sent"))
 
     (copy,) = sink.of(message.message_id)
@@ -178,7 +177,7 @@ async def test_a_message_is_signed_once_and_its_dkim_signature_verifies_at_the_m
     assert verify_dkim(copy.content, dns_zone)
     tampered = copy.content.replace(b"quick brown fox", b"quick brown cat")
     assert not verify_dkim(tampered, dns_zone)
-    assert len(signer.calls) == signed_before + 1
+    assert signer.calls.count((tenant.account_id, SHARED)) == 1  # one message, signed once
 
     row = await status(pool, message)
     assert row["dkim_signed"] and row["labels"] == ["sent"]
@@ -201,7 +200,7 @@ async def test_a_4xx_defers_with_a_backoff_then_the_message_goes_out_once(
 ) -> None:
     pool = services.messages.pool
     owner, sender = await sender_of(http, services, tenant)
-    sink.data_replies = ["451 4.3.0 Try again later", "452 4.3.1 Still busy"]
+    sink.data_replies[f"ann@{domain}"] = ["451 4.3.0 Try again later", "452 4.3.1 Still busy"]
     message = await queue(pool, owner, sender, [f"ann@{domain}"])
     await until(delivery, settled(pool, message, "sent"))
 
@@ -259,7 +258,7 @@ async def test_a_5xx_bounces_suppresses_and_a_per_recipient_refusal_bounces_only
     assert "bounced" in thread.json()["labels"]
 
     # A whole refusal at DATA bounces the message.
-    sink.data_replies = ["554 5.7.1 Rejected by policy"]
+    sink.data_replies[here] = ["554 5.7.1 Rejected by policy"]
     refused = await queue(pool, owner, sender, [here], subject="Refused")
     await until(delivery, settled(pool, refused, "sent", "bounced"))
     assert (await status(pool, refused))["status"] == "bounced"
@@ -313,7 +312,7 @@ async def test_a_delivery_past_its_lifetime_bounces_on_its_next_temporary_failur
         "UPDATE deliveries SET expires_at = now() - interval '1 second' WHERE message_id = $1",
         message.id,
     )
-    sink.data_replies = ["421 4.3.2 Shutting down"]
+    sink.data_replies[f"ann@{domain}"] = ["421 4.3.2 Shutting down"]
     await until(delivery, settled(pool, message, "bounced", "sent"))
     assert (await status(pool, message))["status"] == "bounced"
     (bounced,) = [e for e in await events(pool, tenant, message) if e["type"] == "message.bounced"]
@@ -338,7 +337,7 @@ async def test_local_recipients_are_handed_to_ingest_and_unknown_local_addresses
     await until(delivery, settled(pool, message, "sent", "bounced"), ingest)
     await drain(ingest)
 
-    assert sink.received == []  # nothing went over the network
+    assert sink.of(message.message_id) == []  # nothing went over the network
     listed = await http.get(f"/v1/inboxes/{other['id']}/messages", headers=other_tenant.headers)
     (got,) = listed.json()["messages"]
     assert got["messageId"] == message.message_id and got["direction"] == "inbound"
@@ -546,10 +545,15 @@ async def test_messages_to_one_mx_share_an_smtp_session(
 ) -> None:
     pool = services.messages.pool
     owner, sender = await sender_of(http, services, tenant)
+    # Mail other tests left queued goes first, and its sessions are closed.
+    while await delivery.run_once():
+        pass
+    await delivery.connections.close()
+    sink.sessions = 0
     for n in range(3):  # one after the other: each finds the last one's session idle
         message = await queue(pool, owner, sender, [f"ann{n}@{domain}"], subject=f"#{n}")
         await until(delivery, settled(pool, message, "sent"))
-    assert len(sink.received) == 3
+    assert len([r for r in sink.received if r.rcpt_tos[0].endswith(domain)]) == 3
     assert sink.sessions == 1
 
 
