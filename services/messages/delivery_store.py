@@ -377,14 +377,19 @@ class DeliveryStore:
 
     async def hold(self, lease: Lease) -> bool:
         """Holds a paused mailbox's delivery (``held``; the message ``held`` with
-        event ``message.held``; never dropped, DESIGN §7.5). Returns ``False``
-        when the mailbox is no longer paused (or the lease was lost): deliver it."""
+        event ``message.held``; never dropped, DESIGN §7.5).
+
+        Returns:
+            ``True`` when this worker is done with the lease (held, or the lease
+            was lost, or the message deleted); ``False`` when the mailbox is no
+            longer paused: deliver it.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(POLICY_PAUSED, lease.owner_id):
                 return False
             message = await self._lock(conn, lease.account_id, lease.message_id)
             if message is None:
-                return False
+                return True
             held = await conn.fetchval(
                 UPDATE_LEASED,
                 lease.id,
@@ -395,9 +400,8 @@ class DeliveryStore:
                 None,
                 0.0,
             )
-            if held is None:
-                return False
-            await self._settle_message(conn, message)
+            if held is not None:
+                await self._settle_message(conn, message)
         return True
 
     async def record(
