@@ -946,6 +946,69 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
+class CoalescingWriter:
+    """A connection's ``StreamWriter`` that hands the transport one buffer per
+    response instead of one per token.
+
+    pymap writes a response token by token (``* 3 FETCH ``, ``(``, ``FLAGS``, …)
+    and over TLS each ``write`` becomes its own TLS record. A client that reads a
+    non-blocking socket line by line can then see half a line: imapclient's
+    ``idle_check`` does, and CPython's buffered ``readline`` drops the half it
+    had read when the next ``recv`` raises ``SSLWantReadError``, so the rest of
+    the line (``(FLAGS ())``, or ``)`` after a literal) later reads as a response
+    of its own and imaplib aborts with ``unexpected response``. Buffering until
+    pymap's ``drain()`` after each response, and past ``FLUSH_BYTES`` only at a
+    line end, puts every response line of up to a TLS record (16 KiB, RFC 8446
+    §5.1) in one record, so a reader never sees part of a line; it also cuts a
+    FETCH of 100 messages from over a thousand records to a few.
+
+    Args:
+        writer: the connection's writer; everything but ``write``, ``drain`` and
+            ``close`` is its own.
+    """
+
+    #: Buffered bytes past which the buffer is sent at the next line end.
+    FLUSH_BYTES = 64 * 1024
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer = writer
+        self._buffer: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        """Buffers ``data`` (sent at ``drain()``, or once past ``FLUSH_BYTES``
+        when ``data`` ends a line)."""
+        self._buffer.append(bytes(data))
+        self._size += len(data)
+        if self._size >= self.FLUSH_BYTES and data.endswith(b"\n"):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            buffered = b"".join(self._buffer)
+            self._buffer.clear()
+            self._size = 0
+            self._writer.write(buffered)
+
+    async def drain(self) -> None:
+        """Sends what is buffered and waits for the transport's buffer to drain.
+
+        Raises:
+            ConnectionError: the connection is lost.
+        """
+        self._flush()
+        await self._writer.drain()
+
+    def close(self) -> None:
+        """Sends what is buffered, then closes the connection."""
+        with contextlib.suppress(Exception):
+            self._flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
 class ImapFront:
     """The IMAP listener: pymap's engine over our store.
 
@@ -1003,7 +1066,13 @@ class ImapFront:
         await self.wakeups.start()
         self._config.apply_context()
         server = IMAPServer(self._login, self._config)
-        callback = ProxyProtocolReader(self._config.proxy_protocol).get_callback(server)
+
+        async def connected(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sock_info: Any
+        ) -> None:
+            await server(reader, CoalescingWriter(writer), sock_info)  # type: ignore[arg-type]
+
+        callback = ProxyProtocolReader(self._config.proxy_protocol).get_callback(connected)
         self._server = await asyncio.start_server(callback, host, port, ssl=self._context)
         _log.info("imap_listening", host=host, port=port)
         return self._server

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
+import socket
 import ssl
 from typing import Any
 
@@ -414,3 +415,74 @@ async def test_deleting_an_inbox_closes_its_sessions(
     line = await asyncio.to_thread(client.readline)
     assert line.startswith(b"* BYE"), line
     assert await asyncio.to_thread(client.readline) == b""  # and the connection closed
+
+
+def tls_records(sock: ssl.SSLSocket, until: bytes) -> list[bytes]:
+    """What the server sends, one TLS record per item, up to the record holding
+    ``until``. A blocking ``recv`` returns at most one record's data (OpenSSL's
+    ``SSL_read`` reads one record at a time), which is what a non-blocking
+    reader gets in the worst case; ``until`` is looked for across records."""
+    records: list[bytes] = []
+    while until not in b"".join(records):
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            raise AssertionError(records) from None
+        assert chunk, b"".join(records)
+        records.append(chunk)
+    return records
+
+
+def quoted(value: str) -> bytes:
+    """An IMAP quoted string (RFC 3501 §4.3)."""
+    return b'"' + value.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
+
+
+async def test_responses_reach_a_non_blocking_reader_as_whole_lines(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    # imapclient's idle_check reads a non-blocking socket, and a line split
+    # across TLS records lost its head there: imaplib then aborted on the tail
+    # (`unexpected response: b')'`). Every record must end a line.
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Whole lines")
+    imap = inbox["credentials"]["imap"]
+    rest = await rest_message(http, tenant, inbox)
+    context = ssl.create_default_context(cafile=str(imap_listener.cafile))
+
+    def connect() -> ssl.SSLSocket:
+        raw = socket.create_connection((imap["host"], imap["port"]), timeout=30)
+        return context.wrap_socket(raw, server_hostname=imap["host"])
+
+    sock = await asyncio.to_thread(connect)
+    records: list[bytes] = []
+    try:
+
+        def command(line: bytes | None, until: bytes) -> None:
+            if line is not None:
+                sock.sendall(line + b"\r\n")
+            records.extend(tls_records(sock, until))
+
+        await asyncio.to_thread(command, None, b"* OK")
+        login_line = b"a LOGIN " + quoted(imap["username"]) + b" " + quoted(imap["password"])
+        await asyncio.to_thread(command, login_line, b"a OK")
+        await asyncio.to_thread(command, b"b SELECT INBOX", b"b OK")
+        fetch = b"c FETCH 1 (FLAGS ENVELOPE BODYSTRUCTURE BODY.PEEK[])"
+        await asyncio.to_thread(command, fetch, b"c OK")
+        await asyncio.to_thread(command, b"d IDLE", b"+ ")
+        patched = await http.patch(
+            f"/v1/messages/{rest['id']}", json={"addLabels": ["vip"]}, headers=tenant.headers
+        )
+        assert patched.status_code == 200, patched.text
+        await asyncio.to_thread(command, None, b"FETCH")
+        await asyncio.to_thread(command, b"DONE", b"d OK")
+    finally:
+        sock.close()
+    whole = b"".join(records)
+    assert b"BODY[] {" in whole and b"vip" in whole, whole
+    split = [record for record in records if not record.endswith(b"\r\n")]
+    assert split == [], split
