@@ -93,6 +93,15 @@ SELECT_RAWS = """
 SELECT m.id, b.data FROM messages m JOIN blobs b ON b.sha256 = m.raw_sha256
 WHERE m.account_id = $1 AND m.owner_id = $2 AND m.id = ANY($3::text[])
 """
+#: The stored bytes of messages up to their first CRLF CRLF (the end of the header
+#: block, RFC 5322 §2.1), cut out by the database so the body never leaves it; a
+#: message without one yields its first 3 bytes, which the caller rejects.
+SELECT_HEADERS = """
+SELECT m.id, substring(b.data FROM 1 FOR position(decode('0d0a0d0a', 'hex') IN b.data) + 3)
+    AS head
+FROM messages m JOIN blobs b ON b.sha256 = m.raw_sha256
+WHERE m.account_id = $1 AND m.owner_id = $2 AND m.id = ANY($3::text[])
+"""
 #: Sets a message's labels and IMAP flags; the trigger moves it between folders.
 SET_LABELS_AND_FLAGS = f"""
 UPDATE messages SET
@@ -219,6 +228,14 @@ class ImapStore:
         """The RFC 5322 bytes of the owner's ``message_ids``."""
         records = await self._pool.fetch(SELECT_RAWS, owner.account_id, owner.id, list(message_ids))
         return {r["id"]: bytes(r["data"]) for r in records}
+
+    async def headers(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, bytes]:
+        """The owner's ``message_ids``, each up to and including its first CRLF
+        CRLF (its first 3 bytes if it has none)."""
+        records = await self._pool.fetch(
+            SELECT_HEADERS, owner.account_id, owner.id, list(message_ids)
+        )
+        return {r["id"]: bytes(r["head"]) for r in records}
 
     async def relabel(
         self, owner: Owner, folder: str, uids: Sequence[int], plan: Any

@@ -486,3 +486,65 @@ async def test_responses_reach_a_non_blocking_reader_as_whole_lines(
     assert b"BODY[] {" in whole and b"vip" in whole, whole
     split = [record for record in records if not record.endswith(b"\r\n")]
     assert split == [], split
+
+
+async def test_header_fetches_read_the_stored_header_and_agree_with_the_whole_message(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    # Header sections and ENVELOPE come from the header block alone, RFC822.SIZE
+    # from the row, and ENVELOPE/BODYSTRUCTURE once made from the process's
+    # cache: each must be what the whole message says, cold and cached.
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Héllo, headers")
+    imap = inbox["credentials"]["imap"]
+    rest = await rest_message(http, tenant, inbox)
+    raw = (await http.get(f"/v1/messages/{rest['id']}/raw", headers=tenant.headers)).content
+    header = raw[: raw.index(b"\r\n\r\n") + 4]
+
+    def fetches() -> list[Any]:
+        client = login(imap_listener, imap)
+        try:
+            client.select("INBOX", readonly=True)
+            heads = "(RFC822.SIZE ENVELOPE BODY.PEEK[HEADER] BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+            out = [client.fetch("1", heads)[1]]
+            out.append(client.fetch("1", "(BODYSTRUCTURE ENVELOPE BODY.PEEK[HEADER])")[1])
+            out.append(client.fetch("1", "(BODYSTRUCTURE BODY.PEEK[])")[1])
+            out.append(client.fetch("1", "(BODYSTRUCTURE ENVELOPE RFC822.HEADER)")[1])
+            out.append(client.search(None, "SUBJECT", '"headers"')[1])
+            return out
+        finally:
+            client.logout()
+
+    cold, again, whole, cached, found = map(wire, await asyncio.to_thread(fetches))
+    assert found == b"1"
+    assert f"RFC822.SIZE {len(raw)} ".encode() in cold
+    assert b"BODY[HEADER] {%d}\r\n%s" % (len(header), header) in cold
+    subject = re.search(rb"^Subject:.*\r\n", header, re.MULTILINE)
+    assert subject and b"{%d}\r\n%s\r\n" % (len(subject[0]) + 2, subject[0]) in cold
+    envelope = between(cold, b"ENVELOPE ", b" BODY[HEADER]")
+    assert b"H\xc3\xa9llo, headers" in envelope
+    assert b'(("Ada Lovelace" NIL "ada" "example.com"))' in envelope
+    structure = between(again, b"BODYSTRUCTURE ", b" ENVELOPE ")
+    assert structure.startswith(b'("text" "plain"'), structure
+    assert between(again, b"ENVELOPE ", b" BODY[HEADER]") == envelope
+    assert b"BODY[HEADER] {%d}\r\n%s" % (len(header), header) in again
+    assert between(whole, b"BODYSTRUCTURE ", b" BODY[]") == structure
+    assert b"BODY[] {%d}\r\n%s" % (len(raw), raw) in whole
+    assert between(cached, b"BODYSTRUCTURE ", b" ENVELOPE ") == structure
+    assert between(cached, b"ENVELOPE ", b" RFC822.HEADER") == envelope
+    assert b"RFC822.HEADER {%d}\r\n%s" % (len(header), header) in cached
+
+
+def wire(fetched: list[Any]) -> bytes:
+    """imaplib's answer to one command as it came over the wire."""
+    return b"".join(p if isinstance(p, bytes) else p[0] + b"\r\n" + p[1] for p in fetched)
+
+
+def between(data: bytes, start: bytes, end: bytes) -> bytes:
+    """The bytes of ``data`` after ``start`` and before the next ``end``."""
+    head = data.index(start) + len(start)
+    return data[head : data.index(end, head)]
