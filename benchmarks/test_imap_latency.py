@@ -5,7 +5,8 @@ as a ratio. The listener runs in process on the suite's event loop; the clients
 Prints a table; asserts nothing about speed.
 
 - login: ``LOGIN`` on an open TLS connection, beside the ``VerifyInboxCredentials``
-  call it makes (the floor: the rest is pymap and our session setup);
+  call it makes (the floor: the rest is pymap and our session setup); and what a
+  client waits for in all: TCP connect, TLS handshake, greeting and ``LOGIN``;
 - IDLE push: from the ingest's commit returning to the client reading ``EXISTS``,
   beside a bare ``LISTEN``/``NOTIFY`` round trip on the same database;
 - FETCH: ``BODY.PEEK[HEADER]`` of 100 messages, cold (parsed on first use) and warm,
@@ -72,18 +73,20 @@ async def test_imap_latency(
     sys.stdout.write("\n")
 
     # Login, beside the credential check it makes.
-    def logins() -> list[float]:
-        out = []
+    def logins() -> tuple[list[float], list[float]]:
+        out, whole = [], []
+        context = _context(imap_listener)
         for _ in range(LOGINS):
-            context = _context(imap_listener)
+            connecting = time.perf_counter()
             client = imaplib.IMAP4_SSL(imap["host"], imap["port"], ssl_context=context)
             started = time.perf_counter()
             client.login(imap["username"], imap["password"])
             out.append(time.perf_counter() - started)
+            whole.append(time.perf_counter() - connecting)
             client.logout()
-        return out
+        return out, whole
 
-    login_times = await asyncio.to_thread(logins)
+    login_times, connect_login_times = await asyncio.to_thread(logins)
     async with open_channel(settings.inboxes_addr) as channel:
         stub = inboxes_pb2_grpc.InboxServiceStub(channel)
         metadata = ((INTERNAL_TOKEN_METADATA, settings.internal_token.get_secret_value()),)
@@ -99,6 +102,7 @@ async def test_imap_latency(
             )
             verify_times.append(time.perf_counter() - started)
     _row("IMAP LOGIN", login_times, verify_times, 100)
+    _row("IMAP connect+TLS+LOGIN", connect_login_times, None, 100)
 
     # IDLE push after commit, beside LISTEN/NOTIFY alone.
     client = await asyncio.to_thread(

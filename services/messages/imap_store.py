@@ -14,6 +14,7 @@ Trash whatever else it carries.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +52,9 @@ WHERE account_id = $1 AND owner_id = $2
 """
 SELECT_LAST_VALUE = """
 SELECT last_value FROM imap_owners WHERE account_id = $1 AND owner_id = $2
+"""
+SELECT_UID_VALIDITY = """
+SELECT uid_validity FROM imap_owners WHERE account_id = $1 AND owner_id = $2
 """
 #: UIDVALIDITY of an owner, made on first use (RFC 3501 §2.3.1.1: it never changes).
 ENSURE_OWNER = """
@@ -178,13 +182,30 @@ class ImapStore:
         pool: the process's pool (search_path ``messages``).
     """
 
+    #: Owners whose UIDVALIDITY the process keeps (it never changes).
+    VALIDITY_CACHE_SIZE = 65536
+
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
+        self._validity: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     async def uid_validity(self, owner: Owner) -> int:
         """The owner's UIDVALIDITY (the same for each of its folders; UIDs are
-        unique across them)."""
-        return int(await self._pool.fetchval(ENSURE_OWNER, owner.account_id, owner.id))
+        unique across them). It never changes (RFC 3501 §2.3.1.1), so after the
+        first login a login reads it from the process, not the database; the
+        row is made (a write) only on an owner's first login ever."""
+        key = (owner.account_id, owner.id)
+        value = self._validity.get(key)
+        if value is None:
+            value = await self._pool.fetchval(SELECT_UID_VALIDITY, *key)
+            if value is None:
+                value = await self._pool.fetchval(ENSURE_OWNER, *key)
+            self._validity[key] = value = int(value)
+            if len(self._validity) > self.VALIDITY_CACHE_SIZE:
+                self._validity.popitem(last=False)
+        else:
+            self._validity.move_to_end(key)
+        return value
 
     async def last_value(self, owner: Owner) -> int:
         """The owner's counter: the highest UID or modseq handed out so far."""
