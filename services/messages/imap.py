@@ -23,7 +23,13 @@ UIDPLUS RFC 4315, MOVE RFC 6851) is pymap's engine; this module is its backend:
 - IDLE and every command's untagged updates come from the modification sequences
   the store's triggers keep; a process-wide ``LISTEN mailplane_imap`` wakes idling
   sessions at commit. ``LISTEN mailplane_imap_closed`` closes a deleted inbox's
-  sessions with ``* BYE``.
+  sessions with ``* BYE``. Expunge records older than a day are pruned by the
+  listener's sweep; a session that had not seen them resynchronises its folder in
+  full (RFC 3501 §7.4.1: every EXPUNGE is still announced).
+- FETCH reads no more than it answers: header sections and ENVELOPE from the
+  header block alone (cut out by the database), RFC822.SIZE from the row,
+  ENVELOPE and BODYSTRUCTURE made once per process; only body parts parse the
+  whole message. Each response goes to TLS in one piece (``CoalescingWriter``).
 """
 
 from __future__ import annotations
@@ -135,6 +141,11 @@ _MOVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "INBOX": ((), ("trash", "spam", "archived")),
     "Sent": ((), ("trash", "spam", "archived")),
 }
+#: Seconds expunge records are kept (imap_store.PRUNE_EXPUNGES): a session idle
+#: longer resynchronises its folder in full, which is correct, only dearer.
+EXPUNGE_RETENTION_SECONDS = 24 * 3600.0
+#: Seconds between prunes of expunge records.
+SWEEP_INTERVAL_SECONDS = 600.0
 #: Messages whose parts are kept per process (they never change once stored).
 CONTENT_CACHE_SIZE = 1024
 
@@ -868,7 +879,14 @@ class Folder:
         changes = await self._store.changes(self.owner, self.name, selected.mod_sequence)
         selected.mod_sequence = changes.modseq
         loader = self._loader(changes.rows)
-        selected.add_updates([ImapMessage(r, loader) for r in changes.rows], changes.expunged)
+        expunged = changes.expunged
+        if changes.complete:
+            # Resynchronised in full: whatever the session knows that is not
+            # here any more has left the folder.
+            here = {row.uid for row in changes.rows}
+            known = selected.messages.get_all(SequenceSet.all())
+            expunged = [cached.uid for _, cached in known if cached.uid not in here]
+        selected.add_updates([ImapMessage(r, loader) for r in changes.rows], expunged)
         return selected
 
     async def append(self, append_msg: AppendMessage, *, recent: bool = False) -> ImapMessage:
@@ -1256,6 +1274,9 @@ class ImapFront:
         internal_token: the service credential.
         throttle: the failed-login throttle.
         context: the TLS context.
+        expunge_retention: seconds expunge records are kept; a session that has
+            not looked for longer resynchronises its folder in full.
+        sweep_interval: seconds between prunes of older expunge records.
     """
 
     def __init__(
@@ -1267,7 +1288,12 @@ class ImapFront:
         internal_token: str,
         throttle: LoginThrottle,
         context: ssl.SSLContext,
+        expunge_retention: float = EXPUNGE_RETENTION_SECONDS,
+        sweep_interval: float = SWEEP_INTERVAL_SECONDS,
     ):
+        self._expunge_retention = expunge_retention
+        self._sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
         self._store = ImapStore(pool)
         self._mail = MailStore(pool)
         self.wakeups = Wakeups(dsn)
@@ -1310,11 +1336,29 @@ class ImapFront:
 
         callback = ProxyProtocolReader(self._config.proxy_protocol).get_callback(connected)
         self._server = await asyncio.start_server(callback, host, port, ssl=self._context)
+        self._sweeper = asyncio.create_task(self._sweep())
         _log.info("imap_listening", host=host, port=port)
         return self._server
 
+    async def _sweep(self) -> None:
+        """Prunes old expunge records every ``sweep_interval`` seconds, for as
+        long as the listener runs (a failed prune is retried next time)."""
+        while True:
+            try:
+                pruned = await self._store.prune_expunges(self._expunge_retention)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                _log.warning("imap_expunge_prune_failed", exc_info=True)
+            else:
+                if pruned:
+                    _log.info("imap_expunges_pruned", records=pruned)
+            await asyncio.sleep(self._sweep_interval)
+
     async def close(self) -> None:
         """Stops listening and closes every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

@@ -37,9 +37,10 @@ FOLDERS: dict[str, bytes | None] = {
 _ROW_COLUMNS = "id, imap_uid AS uid, labels, imap_flags, created_at, thread_id, size"
 
 #: What changed in a folder after modseq ``$4``: messages new or changed there
-#: ('m'), UIDs that left it ('x', only when ``$5``), and the owner's counter ('n'):
-#: one statement, so one snapshot; every change numbered up to 'n' is in it (the
-#: counter's row lock orders an owner's numbers by commit).
+#: ('m'), UIDs that left it ('x', only when ``$5``), the owner's counter ('n') and
+#: the highest modseq whose expunge records were pruned ('p'): one statement, so
+#: one snapshot; every change numbered up to 'n' is in it (the counter's row lock
+#: orders an owner's numbers by commit).
 SELECT_CHANGES = f"""
 SELECT 'm' AS kind, {_ROW_COLUMNS} FROM messages
 WHERE account_id = $1 AND owner_id = $2 AND imap_folder = $3 AND imap_modseq > $4
@@ -49,6 +50,31 @@ WHERE account_id = $1 AND owner_id = $2 AND folder = $3 AND modseq > $4 AND $5
 UNION ALL
 SELECT 'n', NULL, last_value, NULL, NULL, NULL, NULL, NULL FROM imap_owners
 WHERE account_id = $1 AND owner_id = $2
+UNION ALL
+SELECT 'p', NULL, expunges_pruned_through, NULL, NULL, NULL, NULL, NULL FROM imap_owners
+WHERE account_id = $1 AND owner_id = $2
+"""
+#: Deletes up to ``$2`` expunge records older than ``$1`` seconds, and raises
+#: each of their owners' ``expunges_pruned_through`` to the highest modseq
+#: deleted, in one statement (so a session never sees the records gone but the
+#: mark not raised). A maintenance sweep over every owner.
+PRUNE_EXPUNGES = """
+WITH gone AS (
+    DELETE FROM imap_expunges
+    WHERE (owner_id, folder, modseq, uid) IN (
+        SELECT owner_id, folder, modseq, uid FROM imap_expunges
+        WHERE created_at < now() - make_interval(secs => $1)
+        LIMIT $2
+    )
+    RETURNING account_id, owner_id, modseq
+), marks AS (
+    UPDATE imap_owners o SET expunges_pruned_through = g.modseq
+    FROM (SELECT account_id, owner_id, max(modseq) AS modseq FROM gone
+          GROUP BY account_id, owner_id) g
+    WHERE o.account_id = g.account_id AND o.owner_id = g.owner_id
+      AND o.expunges_pruned_through < g.modseq
+)
+SELECT count(*) FROM gone
 """
 SELECT_LAST_VALUE = """
 SELECT last_value FROM imap_owners WHERE account_id = $1 AND owner_id = $2
@@ -147,11 +173,15 @@ def _row(record: Any) -> Row:
 @dataclass(frozen=True)
 class Changes:
     """What changed in a folder since a modseq: rows new or changed, UIDs gone,
-    and the modseq the caller has now seen."""
+    and the modseq the caller has now seen. With ``complete``, ``rows`` are all
+    the folder's messages and ``expunged`` is empty: expunge records the caller
+    had not seen were pruned, so it must drop every UID it knows that is not
+    among ``rows``."""
 
     rows: list[Row]
     expunged: list[int]
     modseq: int
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,15 +248,36 @@ class ImapStore:
         records = await self._pool.fetch(
             SELECT_CHANGES, owner.account_id, owner.id, folder, since or 0, since is not None
         )
-        rows, expunged, modseq = [], [], since or 0
+        rows, expunged, modseq, pruned = [], [], since or 0, 0
         for record in records:
             if record["kind"] == "m":
                 rows.append(_row(record))
             elif record["kind"] == "x":
                 expunged.append(record["uid"])
-            else:
+            elif record["kind"] == "n":
                 modseq = max(modseq, record["uid"])
-        return Changes(rows, expunged, modseq)
+            else:
+                pruned = record["uid"]
+        if since is not None and pruned > since:
+            # Some of what left the folder after `since` is no longer recorded.
+            full = await self.changes(owner, folder, None)
+            return Changes(full.rows, [], full.modseq, complete=True)
+        return Changes(rows, expunged, modseq, complete=since is None)
+
+    async def prune_expunges(self, older_than: float, batch: int = 10_000) -> int:
+        """Deletes expunge records older than ``older_than`` seconds, in batches
+        of ``batch`` (each its own statement); sessions that had not seen them
+        resynchronise in full (``changes``).
+
+        Returns:
+            How many records were deleted.
+        """
+        deleted = 0
+        while True:
+            count = int(await self._pool.fetchval(PRUNE_EXPUNGES, older_than, batch))
+            deleted += count
+            if count < batch:
+                return deleted
 
     async def summary(self, owner: Owner, folder: str) -> Summary:
         """The folder's counts."""

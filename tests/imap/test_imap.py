@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import imapclient
 
+from services.messages.imap_store import ImapStore
 from services.messages.ingest import Ingest
 from tests.conftest import Services, Tenant
 from tests.imap.conftest import Listener
@@ -548,3 +549,46 @@ def between(data: bytes, start: bytes, end: bytes) -> bytes:
     """The bytes of ``data`` after ``start`` and before the next ``end``."""
     head = data.index(start) + len(start)
     return data[head : data.index(end, head)]
+
+
+async def test_a_session_older_than_pruned_expunges_resyncs_in_full(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Keep", "Go")
+    imap = inbox["credentials"]["imap"]
+    listed = await http.get(f"/v1/inboxes/{inbox['id']}/messages", headers=tenant.headers)
+    (going,) = [m for m in listed.json()["messages"] if m["subject"] == "Go"]
+    client = await asyncio.to_thread(other_client, imap_listener, imap)
+    try:
+        await asyncio.to_thread(client.select_folder, "INBOX")
+        uids = sorted(await asyncio.to_thread(client.search))
+        (going_uid,) = await asyncio.to_thread(client.search, ["SUBJECT", "Go"])
+        going_seq = uids.index(going_uid) + 1
+        # Trashed over REST: an expunge record for INBOX, then pruned before the
+        # session looked again.
+        trashed = await http.patch(
+            f"/v1/messages/{going['id']}", json={"addLabels": ["trash"]}, headers=tenant.headers
+        )
+        assert trashed.status_code == 200, trashed.text
+        store = ImapStore(services.messages.pool)
+        assert await store.prune_expunges(0) >= 1
+        left = await services.messages.pool.fetchval(
+            "SELECT count(*) FROM imap_expunges WHERE account_id = $1 AND owner_id = $2",
+            tenant.account_id,
+            inbox["id"],
+        )
+        assert left == 0
+        # The session still learns the message left (RFC 3501 §7.4.1).
+        _, untagged = await asyncio.to_thread(client.noop)
+        assert (going_seq, b"EXPUNGE") in untagged
+        remaining = await asyncio.to_thread(client.search)
+        assert remaining == [uid for uid in uids if uid != going_uid]
+        fetched = await asyncio.to_thread(client.fetch, remaining, ["ENVELOPE"])
+        assert [f[b"ENVELOPE"].subject for f in fetched.values()] == [b"Keep"]
+    finally:
+        await asyncio.to_thread(client.logout)
