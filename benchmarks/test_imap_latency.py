@@ -9,8 +9,10 @@ Prints a table; asserts nothing about speed.
   client waits for in all: TCP connect, TLS handshake, greeting and ``LOGIN``;
 - IDLE push: from the ingest's commit returning to the client reading ``EXISTS``,
   beside a bare ``LISTEN``/``NOTIFY`` round trip on the same database;
-- FETCH: ``BODY.PEEK[HEADER]`` of 100 messages, cold (parsed on first use) and warm,
-  beside the one query that reads their raw bytes.
+- FETCH: ``BODY.PEEK[HEADER]`` of 100 messages, cold (read on first use) and warm,
+  beside the one query that reads their raw bytes; then the summary a mail client
+  lists a folder with (``UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE``), cold
+  (made on first use) and warm.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ async def test_imap_latency(
     ]
     assert len(ids) == HEADERS
 
-    def fetches() -> tuple[float, list[float]]:
+    def fetches(items: str, literals: int) -> tuple[float, list[float]]:
         with imaplib.IMAP4_SSL(
             imap["host"], imap["port"], ssl_context=_context(imap_listener)
         ) as client:
@@ -163,12 +165,16 @@ async def test_imap_latency(
             out = []
             for _ in range(FETCHES + 1):
                 started = time.perf_counter()
-                _, data = client.fetch(f"1:{HEADERS}", "(BODY.PEEK[HEADER])")
+                _, data = client.fetch(f"1:{HEADERS}", items)
                 out.append(time.perf_counter() - started)
-                assert len([d for d in data if isinstance(d, tuple)]) == HEADERS
+                assert len(data) >= HEADERS
+                assert len([d for d in data if isinstance(d, tuple)]) == literals
             return out[0], out[1:]
 
-    cold, warm = await asyncio.to_thread(fetches)
+    cold, warm = await asyncio.to_thread(fetches, "(BODY.PEEK[HEADER])", HEADERS)
+    summary_cold, summary_warm = await asyncio.to_thread(
+        fetches, "(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE)", 0
+    )
     floor = []
     for _ in range(FETCHES):
         started = time.perf_counter()
@@ -176,3 +182,7 @@ async def test_imap_latency(
         floor.append(time.perf_counter() - started)
     sys.stdout.write(f"FETCH 100 headers, cold (first parse): {cold * 1000:.2f} ms\n")
     _row("FETCH 100 headers (warm)", warm, floor, 50)
+    sys.stdout.write(
+        f"FETCH 100 ENVELOPE+BODYSTRUCTURE, cold (first parse): {summary_cold * 1000:.2f} ms\n"
+    )
+    _row("FETCH 100 ENVELOPE+BODYSTRUCTURE", summary_warm, floor, 50)
