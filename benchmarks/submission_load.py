@@ -17,8 +17,10 @@ import sys
 import time
 import uuid
 from email.message import EmailMessage
+from typing import Any
 
 import aiosmtplib
+from aiosmtpd.smtp import SMTP, AuthResult
 
 SESSIONS = 8
 BODY = ("x" * 76 + "\n") * 52  # about 4 KB
@@ -92,8 +94,36 @@ async def _run(host: str, port: int, user: str, password: str, cafile: str, seco
     )
 
 
+class _Discard:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 2.0.0 OK"
+
+
+async def _floor(port: int, cert: str, key: str) -> None:
+    """The floor: aiosmtpd with the same STARTTLS and an AUTH that always succeeds,
+    discarding every message, until killed."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(
+            _Discard(),
+            tls_context=tls,
+            require_starttls=True,
+            authenticator=lambda *_: AuthResult(success=True),
+        ),
+        "127.0.0.1",
+        port,
+    )
+    async with server:
+        await server.serve_forever()
+
+
 def main() -> None:
-    """Parses the arguments and runs the load."""
+    """Parses the arguments and runs the load, or (``floor PORT CERT KEY``) the floor."""
+    if sys.argv[1] == "floor":
+        asyncio.run(_floor(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
+        return
     host, port, user, password, cafile, seconds = sys.argv[1:7]
     asyncio.run(_run(host, int(port), user, password, cafile, float(seconds)))
 

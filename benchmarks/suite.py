@@ -53,13 +53,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 import httpx
-from dnslib import QTYPE, RR, TXT
+from dnslib import MX, QTYPE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from mailplane.pods.v1 import pods_pb2, pods_pb2_grpc
 
@@ -82,6 +83,11 @@ POD_CLIENT_ID = "bench"
 #: (``MAILPLANE_BENCH_E2E_SECONDS`` shortens it while iterating).
 SMTP_SESSIONS, SMTP_MESSAGE_BYTES = 20, 4096
 SENDER_DOMAIN = "load.example.com"
+#: The recipients' domain of the send phases: its MX is this machine, where the
+#: outbound sink (Postfix's smtp-sink, else an aiosmtpd discard) listens.
+SINK_DOMAIN = "sink.bench.test"
+#: About 4 KB of text, the body of every sent message.
+SEND_TEXT = "Bench message line of sixty-four characters, repeated to 4 KB.\n" * 64
 E2E_SECONDS = int(os.environ.get("MAILPLANE_BENCH_E2E_SECONDS", "60"))
 #: Seconds the spool may take to drain after the end-to-end phase.
 DRAIN_SECONDS = 120.0
@@ -191,6 +197,7 @@ class Suite:
         admin_dsn: the administrative DSN of the embedded PostgreSQL.
         internal_token: the service credential, for operator calls.
         smtp_port: the MX listener's port on 127.0.0.1.
+        submission_port: the STARTTLS submission listener's port on 127.0.0.1.
     """
 
     state: Path
@@ -199,6 +206,7 @@ class Suite:
     admin_dsn: str
     internal_token: str
     smtp_port: int
+    submission_port: int
 
 
 class SenderZone(BaseResolver):  # type: ignore[misc]
@@ -212,9 +220,15 @@ class SenderZone(BaseResolver):  # type: ignore[misc]
     def resolve(self, request: Any, handler: Any) -> Any:
         reply = request.reply()
         name = str(request.q.qname).rstrip(".").lower()
-        if name == SENDER_DOMAIN and QTYPE[request.q.qtype] == "TXT":
+        kind = QTYPE[request.q.qtype]
+        if name == SENDER_DOMAIN and kind == "TXT":
             spf = TXT("v=spf1 ip4:127.0.0.1 -all")
             reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=spf, ttl=300))
+        elif name == SINK_DOMAIN and kind == "MX":
+            mx = MX(f"mx.{SINK_DOMAIN}", 10)
+            reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=mx, ttl=300))
+        elif name == f"mx.{SINK_DOMAIN}" and kind == "A":
+            reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=A("127.0.0.1"), ttl=300))
         return reply
 
 
@@ -244,6 +258,9 @@ def running_suite() -> Iterator[Suite]:
         for name in ("pods", "inboxes", "domains", "mailboxes", "messages")
     }
     zone = SenderZone()
+    outbound = smtp_floor("smtp-sink" if shutil.which("smtp-sink") else "aiosmtpd")
+    outbound_port = outbound.__enter__()
+    submission_port = free_port()
     env = {
         **os.environ,
         "MAILPLANE_STATE_DIR": str(state),
@@ -251,7 +268,11 @@ def running_suite() -> Iterator[Suite]:
         "MAILPLANE_GATEWAY_PORT": str(gateway_port),
         **{f"MAILPLANE_{name.upper()}_ADDR": addr for name, addr in addrs.items()},
         "MAILPLANE_SMTP_INBOUND_ADDR": f"127.0.0.1:{smtp_port}",
-        "MAILPLANE_SUBMISSION_ADDR": f"127.0.0.1:{free_port()}",
+        "MAILPLANE_SUBMISSION_ADDR": f"127.0.0.1:{submission_port}",
+        "MAILPLANE_OUTBOUND_PORT": str(outbound_port),
+        # The send phases measure throughput, not the per-sender limits.
+        "MAILPLANE_SEND_LIMIT_PER_MINUTE": "0",
+        "MAILPLANE_SEND_LIMIT_PER_DAY": "0",
         "MAILPLANE_SUBMISSIONS_ADDR": f"127.0.0.1:{free_port()}",
         "MAILPLANE_IMAP_ADDR": f"127.0.0.1:{free_port()}",
         "MAILPLANE_DNS_NAMESERVERS": f"127.0.0.1:{zone.port}",
@@ -281,8 +302,10 @@ def running_suite() -> Iterator[Suite]:
             admin_dsn=values["MAILPLANE_DATABASE_URL"],
             internal_token=values["MAILPLANE_INTERNAL_TOKEN"],
             smtp_port=smtp_port,
+            submission_port=submission_port,
         )
     finally:
+        outbound.__exit__(None, None, None)
         dns.stop()
         launcher.send_signal(signal.SIGTERM)  # stops the services, then PostgreSQL
         try:
@@ -994,6 +1017,150 @@ def run_mail(suite: Suite, key: str) -> MailFigures:
     )
 
 
+#: Deliveries to the sink that got their 250 in a window, and their p99 from queued
+#: to 250 in seconds.
+DELIVERED_IN = """
+SELECT count(*) AS n,
+       coalesce(percentile_cont(0.99) WITHIN GROUP (
+           ORDER BY extract(epoch FROM d.updated_at - m.created_at)), 0) AS p99
+FROM messages.deliveries d JOIN messages.messages m ON m.id = d.message_id
+WHERE d.domain = $1 AND d.state = 'sent' AND d.updated_at >= $2 AND d.updated_at < $3
+"""
+
+
+@dataclass(frozen=True)
+class Sending:
+    """The send phases: REST sends accepted, what the worker delivered (DKIM-signed,
+    to the sink) in the same window with its p99 from queued to 250, and SMTP
+    submission beside its floor."""
+
+    accepted: Phase
+    delivered: int
+    delivered_seconds: float
+    queue_to_250_p99_ms: float
+    submission: Phase
+    submission_floor: Phase
+
+
+def run_sending(suite: Suite, key: str) -> Sending:
+    """Sends 4 KB messages over REST for a phase while the worker signs and delivers
+    them to the sink; then submits over SMTP (STARTTLS + AUTH) beside a floor."""
+    inbox = create_inbox(suite, key, "sender")
+    template = json.dumps({"to": [f"r%s@{SINK_DOMAIN}"], "subject": "Bench", "text": SEND_TEXT})
+    accepted = run_wrk(
+        "REST POST /v1/inboxes/{id}/messages (queued)",
+        f"{suite.base_url}/v1/inboxes/{inbox['id']}/messages",
+        key,
+        "POST",
+        template,
+    )
+    ended = time.time()
+
+    async def delivered() -> tuple[int, float]:
+        conn = await asyncpg.connect(suite.admin_dsn)
+        try:
+            # The measured window: the wrk phase's last PHASE_SECONDS.
+            row = await conn.fetchrow(
+                DELIVERED_IN,
+                SINK_DOMAIN,
+                datetime.fromtimestamp(ended - PHASE_SECONDS, UTC),
+                datetime.fromtimestamp(ended, UTC),
+            )
+            return int(row["n"]), float(row["p99"])
+        finally:
+            await conn.close()
+
+    count, p99 = asyncio.run(delivered())
+    cafile = suite.state / "tls" / "cert.pem"
+    smtp = inbox["credentials"]["smtp"]
+    submission = run_submission(
+        "SMTP submission (STARTTLS, AUTH once)",
+        suite.submission_port,
+        smtp["username"],
+        smtp["password"],
+        cafile,
+    )
+    floor_port = free_port()
+    floor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.submission_load",
+            "floor",
+            str(floor_port),
+            str(cafile),
+            str(suite.state / "tls" / "key.pem"),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(floor_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        submission_floor = run_submission(
+            "aiosmtpd TLS + AUTH, discard", floor_port, "any@example.com", "any", cafile
+        )
+    finally:
+        floor.terminate()
+        floor.wait(timeout=10)
+    return Sending(accepted, count, PHASE_SECONDS, p99 * 1000, submission, submission_floor)
+
+
+def run_submission(name: str, port: int, user: str, password: str, cafile: Path) -> Phase:
+    """Measures authenticated submission with ``benchmarks.submission_load``."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.submission_load",
+            "127.0.0.1",
+            str(port),
+            user,
+            password,
+            str(cafile),
+            str(PHASE_SECONDS),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    return Phase(
+        name=name,
+        requests=figures["messages"],
+        seconds=figures["seconds"],
+        p50_ms=figures["p50_ms"],
+        p99_ms=figures["p99_ms"],
+        errors=figures["errors"],
+        error_kinds="",
+    )
+
+
+def sending_table(sending: Sending) -> str:
+    """The send report: each figure beside its goal and its floor."""
+    header = f"{'phase':<42} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  beside"
+    delivered_rate = sending.delivered / sending.delivered_seconds
+    rows = [
+        f"\nSending: REST {CONNECTIONS} connections, 4 KB text to {SINK_DOMAIN} (its MX: the "
+        "local sink); the worker signs (DKIM, by the domains service) and delivers meanwhile",
+        header,
+        "-" * len(header),
+        _row(
+            sending.accepted,
+            f"goal ≥ 500/s; same window: delivered DKIM-signed {delivered_rate:,.0f}/s "
+            f"(goal ≥ 200/s), p99 queued → 250 {sending.queue_to_250_p99_ms:,.0f} ms "
+            "(goal ≤ 1,000 ms)",
+        ),
+        _row(
+            sending.submission,
+            "goal ≥ 100/s; ÷ floor = "
+            f"{sending.submission.rate / sending.submission_floor.rate:.2f}",
+        ),
+        _row(sending.submission_floor, "floor: the listener's library, TLS and AUTH, no work"),
+        "",
+    ]
+    return "\n".join(rows)
+
+
 def _drain(suite: Suite) -> None:
     async def spooled() -> int:
         conn = await asyncpg.connect(suite.admin_dsn)
@@ -1014,8 +1181,10 @@ def run() -> None:
     with running_suite() as suite:
         key = create_account(suite)
         mail = run_mail(suite, key)
+        sending = run_sending(suite, key)
         if only_mail:
             sys.stdout.write(mail_table(mail))
+            sys.stdout.write(sending_table(sending))
             return
         pod = httpx.post(
             f"{suite.base_url}/v1/pods",
@@ -1042,6 +1211,7 @@ def run() -> None:
         floor = run_insert_floor(suite)
     sys.stdout.write(table(rest_get, grpc_get, created, create_pod, floor, load_average))
     sys.stdout.write(mail_table(mail))
+    sys.stdout.write(sending_table(sending))
 
 
 def main() -> None:

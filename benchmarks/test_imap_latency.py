@@ -5,11 +5,14 @@ as a ratio. The listener runs in process on the suite's event loop; the clients
 Prints a table; asserts nothing about speed.
 
 - login: ``LOGIN`` on an open TLS connection, beside the ``VerifyInboxCredentials``
-  call it makes (the floor: the rest is pymap and our session setup);
+  call it makes (the floor: the rest is pymap and our session setup); and what a
+  client waits for in all: TCP connect, TLS handshake, greeting and ``LOGIN``;
 - IDLE push: from the ingest's commit returning to the client reading ``EXISTS``,
   beside a bare ``LISTEN``/``NOTIFY`` round trip on the same database;
-- FETCH: ``BODY.PEEK[HEADER]`` of 100 messages, cold (parsed on first use) and warm,
-  beside the one query that reads their raw bytes.
+- FETCH: ``BODY.PEEK[HEADER]`` of 100 messages, cold (read on first use) and warm,
+  beside the one query that reads their raw bytes; then the summary a mail client
+  lists a folder with (``UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE``), cold
+  (made on first use) and warm.
 """
 
 from __future__ import annotations
@@ -72,18 +75,20 @@ async def test_imap_latency(
     sys.stdout.write("\n")
 
     # Login, beside the credential check it makes.
-    def logins() -> list[float]:
-        out = []
+    def logins() -> tuple[list[float], list[float]]:
+        out, whole = [], []
+        context = _context(imap_listener)
         for _ in range(LOGINS):
-            context = _context(imap_listener)
+            connecting = time.perf_counter()
             client = imaplib.IMAP4_SSL(imap["host"], imap["port"], ssl_context=context)
             started = time.perf_counter()
             client.login(imap["username"], imap["password"])
             out.append(time.perf_counter() - started)
+            whole.append(time.perf_counter() - connecting)
             client.logout()
-        return out
+        return out, whole
 
-    login_times = await asyncio.to_thread(logins)
+    login_times, connect_login_times = await asyncio.to_thread(logins)
     async with open_channel(settings.inboxes_addr) as channel:
         stub = inboxes_pb2_grpc.InboxServiceStub(channel)
         metadata = ((INTERNAL_TOKEN_METADATA, settings.internal_token.get_secret_value()),)
@@ -99,6 +104,7 @@ async def test_imap_latency(
             )
             verify_times.append(time.perf_counter() - started)
     _row("IMAP LOGIN", login_times, verify_times, 100)
+    _row("IMAP connect+TLS+LOGIN", connect_login_times, None, 100)
 
     # IDLE push after commit, beside LISTEN/NOTIFY alone.
     client = await asyncio.to_thread(
@@ -150,7 +156,7 @@ async def test_imap_latency(
     ]
     assert len(ids) == HEADERS
 
-    def fetches() -> tuple[float, list[float]]:
+    def fetches(items: str, literals: int) -> tuple[float, list[float]]:
         with imaplib.IMAP4_SSL(
             imap["host"], imap["port"], ssl_context=_context(imap_listener)
         ) as client:
@@ -159,12 +165,16 @@ async def test_imap_latency(
             out = []
             for _ in range(FETCHES + 1):
                 started = time.perf_counter()
-                _, data = client.fetch(f"1:{HEADERS}", "(BODY.PEEK[HEADER])")
+                _, data = client.fetch(f"1:{HEADERS}", items)
                 out.append(time.perf_counter() - started)
-                assert len([d for d in data if isinstance(d, tuple)]) == HEADERS
+                assert len(data) >= HEADERS
+                assert len([d for d in data if isinstance(d, tuple)]) == literals
             return out[0], out[1:]
 
-    cold, warm = await asyncio.to_thread(fetches)
+    cold, warm = await asyncio.to_thread(fetches, "(BODY.PEEK[HEADER])", HEADERS)
+    summary_cold, summary_warm = await asyncio.to_thread(
+        fetches, "(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE)", 0
+    )
     floor = []
     for _ in range(FETCHES):
         started = time.perf_counter()
@@ -172,3 +182,7 @@ async def test_imap_latency(
         floor.append(time.perf_counter() - started)
     sys.stdout.write(f"FETCH 100 headers, cold (first parse): {cold * 1000:.2f} ms\n")
     _row("FETCH 100 headers (warm)", warm, floor, 50)
+    sys.stdout.write(
+        f"FETCH 100 ENVELOPE+BODYSTRUCTURE, cold (first parse): {summary_cold * 1000:.2f} ms\n"
+    )
+    _row("FETCH 100 ENVELOPE+BODYSTRUCTURE", summary_warm, floor, 50)

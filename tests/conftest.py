@@ -6,6 +6,7 @@ real port, and the real gateway over real HTTP. Each test makes its own account.
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -40,12 +41,30 @@ from services.messages.resolver import SenderResolver
 from services.messages.store import MailStore
 from services.pods import server as pods_server
 
+#: Ports handed out by ``free_port`` in this process (never twice).
+_GIVEN: set[int] = set()
+
 
 def free_port() -> int:
-    """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Returns a port on 127.0.0.1 that was free (TCP and UDP) a moment ago.
+
+    It is drawn below the kernel's ephemeral range (``ip_local_port_range``,
+    32768-60999 here), so no outgoing connection of the suite can take it between
+    this call and the bind of the server it is for; an ephemeral port asked of
+    the kernel could be.
+    """
+    while True:
+        port = random.randint(15_000, 22_999)
+        if port in _GIVEN:
+            continue
+        try:
+            with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _GIVEN.add(port)
+        return port
 
 
 @pytest.fixture(scope="session")

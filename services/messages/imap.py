@@ -23,7 +23,13 @@ UIDPLUS RFC 4315, MOVE RFC 6851) is pymap's engine; this module is its backend:
 - IDLE and every command's untagged updates come from the modification sequences
   the store's triggers keep; a process-wide ``LISTEN mailplane_imap`` wakes idling
   sessions at commit. ``LISTEN mailplane_imap_closed`` closes a deleted inbox's
-  sessions with ``* BYE``.
+  sessions with ``* BYE``. Expunge records older than a day are pruned by the
+  listener's sweep; a session that had not seen them resynchronises its folder in
+  full (RFC 3501 §7.4.1: every EXPUNGE is still announced).
+- FETCH reads no more than it answers: header sections and ENVELOPE from the
+  header block alone (cut out by the database), RFC822.SIZE from the row,
+  ENVELOPE and BODYSTRUCTURE made once per process; only body parts parse the
+  whole message. Each response goes to TLS in one piece (``CoalescingWriter``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,14 @@ import ssl
 import time
 from argparse import Namespace
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Collection,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -46,9 +59,10 @@ from mailplane.inboxes.v1 import inboxes_pb2, inboxes_pb2_grpc
 from proxyprotocol.reader import ProxyProtocolReader
 from proxyprotocol.version import ProxyProtocolVersion
 from pymap.backend.session import BaseSession
+from pymap.bytes import BytesFormat, Writeable, WriteStream
 from pymap.concurrent import Event
 from pymap.config import BackendCapability, IMAPConfig
-from pymap.context import socket_info, subsystem
+from pymap.context import current_command, socket_info, subsystem
 from pymap.exceptions import (
     AuthorizationFailure,
     InvalidAuth,
@@ -65,7 +79,9 @@ from pymap.listtree import ListTree
 from pymap.mailbox import MailboxSnapshot
 from pymap.message import BaseLoadedMessage, BaseMessage
 from pymap.mime import MessageContent
+from pymap.parsing.command.select import FetchCommand
 from pymap.parsing.message import AppendMessage
+from pymap.parsing.response.fetch import BodyStructure, EnvelopeStructure
 from pymap.parsing.specials import FetchRequirement, ObjectId, SequenceSet
 from pymap.parsing.specials.flag import (
     Answered,
@@ -125,8 +141,30 @@ _MOVES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "INBOX": ((), ("trash", "spam", "archived")),
     "Sent": ((), ("trash", "spam", "archived")),
 }
-#: Parsed messages kept per process (they never change once stored).
+#: Seconds expunge records are kept (imap_store.PRUNE_EXPUNGES): a session idle
+#: longer resynchronises its folder in full, which is correct, only dearer.
+EXPUNGE_RETENTION_SECONDS = 24 * 3600.0
+#: Seconds between prunes of expunge records.
+SWEEP_INTERVAL_SECONDS = 600.0
+#: Messages whose parts are kept per process (they never change once stored).
 CONTENT_CACHE_SIZE = 1024
+
+
+_PYMAP_FORMAT = BytesFormat.__mod__
+
+
+def _format_tuple(self: BytesFormat, other: Any) -> bytes:
+    """``BytesFormat % args`` as pymap has it, without its two runtime Protocol
+    checks (``SupportsIndex``, ``SupportsBytes``), which Python 3.11 makes by
+    walking the class's MRO each time: over half of a warm FETCH's CPU, twice
+    per fetched item. pymap's calls pass a tuple or a list, which has neither
+    ``__index__`` nor ``__bytes__``, so pymap takes the same branch."""
+    if type(other) is tuple or type(other) is list:
+        return self.format(other)
+    return _PYMAP_FORMAT(self, other)
+
+
+setattr(BytesFormat, "__mod__", _format_tuple)  # noqa: B010 (mypy: no assigning methods)
 
 
 def flags_of(row: Row) -> frozenset[Flag]:
@@ -481,16 +519,102 @@ class InboxIdentity(IdentityInterface):
 # --- messages and folders ------------------------------------------------------------
 
 
+class StoredParts:
+    """What the process keeps of one stored message, which never changes: its
+    header block (RFC 5322 §2.1: the header fields and the empty line after
+    them), its MIME-parsed content once a body part was needed, and its ENVELOPE
+    and BODYSTRUCTURE responses once made (RFC 3501 §7.4.2).
+
+    Args:
+        header: the header block's bytes, or ``None`` if only known parsed.
+        content: the whole message parsed, or ``None`` if not loaded.
+    """
+
+    __slots__ = ("content", "envelope", "header", "structure")
+
+    def __init__(self, header: bytes | None, content: MessageContent | None):
+        self.header = header
+        self.content = content
+        self.envelope: bytes | None = None
+        #: BODYSTRUCTURE's bytes without and with extension data.
+        self.structure: tuple[bytes, bytes] | None = None
+
+    def satisfies(self, need: int) -> bool:
+        """Whether these parts serve a fetch of ``need`` (``NEED_*``)."""
+        if need == NEED_FULL:
+            return self.content is not None
+        return need == NEED_NONE or self.header is not None or self.content is not None
+
+
+#: What a FETCH needs loaded: nothing beyond the row, the header block, or all.
+NEED_NONE, NEED_HEADER, NEED_FULL = 0, 1, 2
+#: FETCH attributes answered from the row (RFC822.SIZE is the stored size).
+_ROW_ATTRIBUTES = frozenset(
+    {b"UID", b"FLAGS", b"INTERNALDATE", b"EMAILID", b"THREADID", b"RFC822.SIZE"}
+)
+_HEADER_SPECIFIERS = frozenset({b"HEADER", b"HEADER.FIELDS", b"HEADER.FIELDS.NOT"})
+#: The line pymap's MIME parser ends a header block at: the first of only
+#: whitespace (RFC 5322 §2.1 says empty; pymap also takes blanks).
+_BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\x0b\x0c\r]*\n")
+
+
+def header_block(prefix: bytes) -> bytes | None:
+    """``prefix`` (a message up to its first CRLF CRLF) if it is the header
+    block as pymap's parser splits it, or ``None`` (no CRLF CRLF, or a blank
+    line earlier): then the whole message must be parsed."""
+    if not prefix.endswith(b"\r\n\r\n"):
+        return None
+    blank = _BLANK_LINE.search(prefix)
+    return prefix if blank is not None and blank.end() == len(prefix) else None
+
+
+def fetch_need(requirement: FetchRequirement, parts: StoredParts | None) -> int:
+    """What the running command needs of a message (``NEED_*``).
+
+    A FETCH (RFC 3501 §6.4.5) is judged by its attributes, as pymap's own
+    requirement counts ``BODY.PEEK[HEADER]`` and ``BODYSTRUCTURE`` as the whole
+    message: header sections and ENVELOPE need the header block, BODYSTRUCTURE
+    nothing once made, the row's attributes nothing. Other commands (SEARCH)
+    go by ``requirement``.
+    """
+    command = current_command.get(None)
+    if not isinstance(command, FetchCommand):
+        if requirement & FetchRequirement.BODY:
+            return NEED_FULL
+        return NEED_HEADER if requirement & FetchRequirement.HEADER else NEED_NONE
+    need = NEED_NONE
+    for attr in command.attributes:
+        name, section = attr.value, attr.section
+        if name in _ROW_ATTRIBUTES:
+            continue
+        if name == b"ENVELOPE":
+            wanted = NEED_NONE if parts is not None and parts.envelope else NEED_HEADER
+        elif name == b"BODYSTRUCTURE" or (name == b"BODY" and section is None):
+            wanted = NEED_NONE if parts is not None and parts.structure else NEED_FULL
+        elif name == b"RFC822.HEADER" or (
+            name in (b"BODY", b"BODY.PEEK")
+            and section is not None
+            and not section.parts
+            and section.specifier in _HEADER_SPECIFIERS
+        ):
+            wanted = NEED_HEADER
+        else:
+            wanted = NEED_FULL
+        need = max(need, wanted)
+    return need
+
+
 class ContentLoader:
-    """Loads the raw bytes of a batch of messages with one query, the first time
-    any of them needs its content, and keeps parsed messages in a process-wide
-    LRU (stored messages never change).
+    """Loads a batch of messages with one query the first time any of them
+    needs more than the process keeps: only their header blocks when that is
+    all the command needs (cut out of the stored bytes by the database), the
+    whole messages otherwise. What it loads goes into a process-wide LRU.
 
     Args:
         store: the IMAP store.
         owner: whose messages.
         message_ids: the batch.
-        cache: the shared cache of parsed messages by ID.
+        cache: the shared cache of stored parts by message ID.
     """
 
     def __init__(
@@ -498,33 +622,170 @@ class ContentLoader:
         store: ImapStore,
         owner: Owner,
         message_ids: Sequence[str],
-        cache: OrderedDict[str, MessageContent],
+        cache: OrderedDict[str, StoredParts],
     ):
         self._store = store
         self._owner = owner
         self._ids = list(message_ids)
         self._cache = cache
-        self._raws: dict[str, bytes] | None = None
         self._lock = asyncio.Lock()
 
-    async def content(self, message_id: str) -> MessageContent | None:
-        """The parsed message, or ``None`` if it was deleted meanwhile."""
-        cached = self._cache.get(message_id)
-        if cached is not None:
+    def cached(self, message_id: str) -> StoredParts | None:
+        """The message's parts the process keeps, if any."""
+        parts = self._cache.get(message_id)
+        if parts is not None:
             self._cache.move_to_end(message_id)
-            return cached
+        return parts
+
+    async def parts(self, message_id: str, need: int) -> StoredParts | None:
+        """The message's parts, loaded as far as ``need`` (``NEED_*``) says;
+        ``None`` if it is not cached and was deleted meanwhile."""
+        parts = self.cached(message_id)
+        if parts is not None and parts.satisfies(need):
+            return parts
         async with self._lock:
-            if self._raws is None:
-                missing = [i for i in self._ids if i not in self._cache]
-                self._raws = await self._store.raws(self._owner, missing)
-        raw = self._raws.pop(message_id, None)
-        if raw is None:
-            return self._cache.get(message_id)
-        parsed = MessageContent.parse(raw)
-        self._cache[message_id] = parsed
-        if len(self._cache) > CONTENT_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return parsed
+            parts = self.cached(message_id)
+            if parts is None or not parts.satisfies(need):
+                await self._load(need)
+        return self._cache.get(message_id)
+
+    async def _load(self, need: int) -> None:
+        missing = [i for i in self._ids if not self._satisfied(i, need)]
+        if need == NEED_HEADER:
+            heads = await self._store.headers(self._owner, missing)
+            whole = []
+            for message_id, prefix in heads.items():
+                block = header_block(prefix)
+                if block is None:
+                    whole.append(message_id)
+                else:
+                    self._keep(message_id, block, None)
+            missing = whole
+        if missing:
+            for message_id, raw in (await self._store.raws(self._owner, missing)).items():
+                content = MessageContent.parse(raw)
+                self._keep(message_id, bytes(content.header), content)
+
+    def _satisfied(self, message_id: str, need: int) -> bool:
+        parts = self._cache.get(message_id)
+        return parts is not None and parts.satisfies(need)
+
+    def _keep(self, message_id: str, header: bytes, content: MessageContent | None) -> None:
+        parts = self._cache.get(message_id)
+        if parts is None:
+            self._cache[message_id] = StoredParts(header, content)
+            if len(self._cache) > CONTENT_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
+            parts.header = header
+            parts.content = content or parts.content
+            self._cache.move_to_end(message_id)
+
+
+class _FrozenEnvelope(EnvelopeStructure):
+    """An ENVELOPE response made before, as bytes."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def write(self, writer: WriteStream) -> None:
+        writer.write(self._data)
+
+    def __bytes__(self) -> bytes:
+        return self._data
+
+
+class _FrozenBodyStructure(BodyStructure):
+    """A BODYSTRUCTURE response made before, as bytes without and with
+    extension data."""
+
+    def __init__(self, plain: bytes, extended: bytes):
+        self._plain = plain
+        self._extended = extended
+
+    @property
+    def extended(self) -> Any:
+        """The structure with extension data (for FETCH BODYSTRUCTURE)."""
+        return _FrozenBodyStructure(self._extended, self._extended)
+
+    def write(self, writer: WriteStream) -> None:
+        writer.write(self._plain)
+
+    def __bytes__(self) -> bytes:
+        return self._plain
+
+
+class StoredLoadedMessage(BaseLoadedMessage):
+    """A message's content as FETCH and SEARCH read it: the header block served
+    as stored, ENVELOPE and BODYSTRUCTURE made once per process, RFC822.SIZE
+    from the row, and the MIME parse only when a body part needs it.
+
+    Args:
+        message: the message in its folder.
+        requirement: what pymap asked for.
+        parts: what is loaded of it (``None``: nothing, or it was deleted).
+    """
+
+    def __init__(
+        self, message: ImapMessage, requirement: FetchRequirement, parts: StoredParts | None
+    ):
+        super().__init__(message, requirement, None)
+        self._parts = parts
+        self._size = message.row.size
+        # SEARCH reads ENVELOPE's fields; only FETCH writes it as it was made.
+        self._frozen = isinstance(current_command.get(None), FetchCommand)
+
+    @property
+    def content(self) -> MessageContent:
+        """The parsed message (only its header if only the header was loaded).
+
+        Raises:
+            pymap's private no-content error: nothing is loaded (pymap answers
+            empty parts for it, RFC 2180 §4.1.3).
+        """
+        parts = self._parts
+        if self._content is None and parts is not None:
+            if parts.content is not None:
+                self._content = parts.content
+            elif parts.header is not None:
+                self._content = MessageContent.parse(parts.header)
+        return super().content
+
+    def get_message_headers(
+        self,
+        section: Sequence[int] | None = None,
+        subset: Collection[bytes] | None = None,
+        inverse: bool = False,
+    ) -> Writeable:
+        """BODY[HEADER] as stored; other header sections through pymap."""
+        if not section and subset is None and self._parts and self._parts.header is not None:
+            return Writeable.wrap(self._parts.header)
+        return super().get_message_headers(section, subset, inverse)
+
+    def get_size(self, section: Sequence[int] | None = None) -> int:
+        """RFC822.SIZE: the stored size in bytes; a part's through pymap."""
+        return self._size if not section else super().get_size(section)
+
+    def get_envelope_structure(self) -> EnvelopeStructure:
+        """ENVELOPE, made from the header once per process (for FETCH; SEARCH
+        gets pymap's, whose fields it reads)."""
+        parts = self._parts
+        if self._frozen and parts is not None and parts.envelope is not None:
+            return _FrozenEnvelope(parts.envelope)
+        envelope = super().get_envelope_structure()
+        if parts is not None and (parts.header is not None or parts.content is not None):
+            parts.envelope = bytes(envelope)
+        return envelope
+
+    def get_body_structure(self) -> BodyStructure:
+        """BODYSTRUCTURE, made from the parsed message once per process."""
+        parts = self._parts
+        if self._frozen and parts is not None and parts.structure is not None:
+            return _FrozenBodyStructure(*parts.structure)
+        structure = super().get_body_structure()
+        if parts is not None and parts.content is not None:
+            parts.structure = (bytes(structure), bytes(structure.extended))
+        return structure
 
 
 class ImapMessage(BaseMessage):
@@ -544,12 +805,15 @@ class ImapMessage(BaseMessage):
         self.row = row
         self._loader = loader
 
-    async def load_content(self, requirement: FetchRequirement) -> BaseLoadedMessage:
-        """The message's content when ``requirement`` needs headers or body."""
-        content = None
-        if self._loader is not None and not requirement.has_none(FetchRequirement.CONTENT):
-            content = await self._loader.content(self.row.id)
-        return BaseLoadedMessage(self, requirement, content)
+    async def load_content(self, requirement: FetchRequirement) -> StoredLoadedMessage:
+        """What the running command needs of the message (see ``fetch_need``)."""
+        parts = None
+        if self._loader is not None:
+            parts = self._loader.cached(self.row.id)
+            need = fetch_need(requirement, parts)
+            if need != NEED_NONE:
+                parts = await self._loader.parts(self.row.id, need)
+        return StoredLoadedMessage(self, requirement, parts)
 
 
 class Folder:
@@ -561,7 +825,7 @@ class Folder:
         name: the folder (a key of ``FOLDERS``).
         uid_validity: the owner's UIDVALIDITY.
         wakeups: the process's change listener.
-        cache: the shared cache of parsed messages.
+        cache: the shared cache of stored parts.
     """
 
     def __init__(
@@ -572,7 +836,7 @@ class Folder:
         name: str,
         uid_validity: int,
         wakeups: Wakeups,
-        cache: OrderedDict[str, MessageContent],
+        cache: OrderedDict[str, StoredParts],
     ):
         self._store = store
         self._mail = mail
@@ -632,7 +896,14 @@ class Folder:
         changes = await self._store.changes(self.owner, self.name, selected.mod_sequence)
         selected.mod_sequence = changes.modseq
         loader = self._loader(changes.rows)
-        selected.add_updates([ImapMessage(r, loader) for r in changes.rows], changes.expunged)
+        expunged = changes.expunged
+        if changes.complete:
+            # Resynchronised in full: whatever the session knows that is not
+            # here any more has left the folder.
+            here = {row.uid for row in changes.rows}
+            known = selected.messages.get_all(SequenceSet.all())
+            expunged = [cached.uid for _, cached in known if cached.uid not in here]
+        selected.add_updates([ImapMessage(r, loader) for r in changes.rows], expunged)
         return selected
 
     async def append(self, append_msg: AppendMessage, *, recent: bool = False) -> ImapMessage:
@@ -946,6 +1217,69 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
+class CoalescingWriter:
+    """A connection's ``StreamWriter`` that hands the transport one buffer per
+    response instead of one per token.
+
+    pymap writes a response token by token (``* 3 FETCH ``, ``(``, ``FLAGS``, …)
+    and over TLS each ``write`` becomes its own TLS record. A client that reads a
+    non-blocking socket line by line can then see half a line: imapclient's
+    ``idle_check`` does, and CPython's buffered ``readline`` drops the half it
+    had read when the next ``recv`` raises ``SSLWantReadError``, so the rest of
+    the line (``(FLAGS ())``, or ``)`` after a literal) later reads as a response
+    of its own and imaplib aborts with ``unexpected response``. Buffering until
+    pymap's ``drain()`` after each response, and past ``FLUSH_BYTES`` only at a
+    line end, puts every response line of up to a TLS record (16 KiB, RFC 8446
+    §5.1) in one record, so a reader never sees part of a line; it also cuts a
+    FETCH of 100 messages from over a thousand records to a few.
+
+    Args:
+        writer: the connection's writer; everything but ``write``, ``drain`` and
+            ``close`` is its own.
+    """
+
+    #: Buffered bytes past which the buffer is sent at the next line end.
+    FLUSH_BYTES = 64 * 1024
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer = writer
+        self._buffer: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        """Buffers ``data`` (sent at ``drain()``, or once past ``FLUSH_BYTES``
+        when ``data`` ends a line)."""
+        self._buffer.append(bytes(data))
+        self._size += len(data)
+        if self._size >= self.FLUSH_BYTES and data.endswith(b"\n"):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            buffered = b"".join(self._buffer)
+            self._buffer.clear()
+            self._size = 0
+            self._writer.write(buffered)
+
+    async def drain(self) -> None:
+        """Sends what is buffered and waits for the transport's buffer to drain.
+
+        Raises:
+            ConnectionError: the connection is lost.
+        """
+        self._flush()
+        await self._writer.drain()
+
+    def close(self) -> None:
+        """Sends what is buffered, then closes the connection."""
+        with contextlib.suppress(Exception):
+            self._flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
 class ImapFront:
     """The IMAP listener: pymap's engine over our store.
 
@@ -957,6 +1291,9 @@ class ImapFront:
         internal_token: the service credential.
         throttle: the failed-login throttle.
         context: the TLS context.
+        expunge_retention: seconds expunge records are kept; a session that has
+            not looked for longer resynchronises its folder in full.
+        sweep_interval: seconds between prunes of older expunge records.
     """
 
     def __init__(
@@ -968,11 +1305,16 @@ class ImapFront:
         internal_token: str,
         throttle: LoginThrottle,
         context: ssl.SSLContext,
+        expunge_retention: float = EXPUNGE_RETENTION_SECONDS,
+        sweep_interval: float = SWEEP_INTERVAL_SECONDS,
     ):
+        self._expunge_retention = expunge_retention
+        self._sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
         self._store = ImapStore(pool)
         self._mail = MailStore(pool)
         self.wakeups = Wakeups(dsn)
-        self._cache: OrderedDict[str, MessageContent] = OrderedDict()
+        self._cache: OrderedDict[str, StoredParts] = OrderedDict()
         self._config = ImapConfig(context)
         self._context = context
         self._login = InboxLogin(
@@ -1003,13 +1345,37 @@ class ImapFront:
         await self.wakeups.start()
         self._config.apply_context()
         server = IMAPServer(self._login, self._config)
-        callback = ProxyProtocolReader(self._config.proxy_protocol).get_callback(server)
+
+        async def connected(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sock_info: Any
+        ) -> None:
+            await server(reader, CoalescingWriter(writer), sock_info)  # type: ignore[arg-type]
+
+        callback = ProxyProtocolReader(self._config.proxy_protocol).get_callback(connected)
         self._server = await asyncio.start_server(callback, host, port, ssl=self._context)
+        self._sweeper = asyncio.create_task(self._sweep())
         _log.info("imap_listening", host=host, port=port)
         return self._server
 
+    async def _sweep(self) -> None:
+        """Prunes old expunge records every ``sweep_interval`` seconds, for as
+        long as the listener runs (a failed prune is retried next time)."""
+        while True:
+            try:
+                pruned = await self._store.prune_expunges(self._expunge_retention)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                _log.warning("imap_expunge_prune_failed", exc_info=True)
+            else:
+                if pruned:
+                    _log.info("imap_expunges_pruned", records=pruned)
+            await asyncio.sleep(self._sweep_interval)
+
     async def close(self) -> None:
         """Stops listening and closes every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ Trash whatever else it carries.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,9 +37,10 @@ FOLDERS: dict[str, bytes | None] = {
 _ROW_COLUMNS = "id, imap_uid AS uid, labels, imap_flags, created_at, thread_id, size"
 
 #: What changed in a folder after modseq ``$4``: messages new or changed there
-#: ('m'), UIDs that left it ('x', only when ``$5``), and the owner's counter ('n'):
-#: one statement, so one snapshot; every change numbered up to 'n' is in it (the
-#: counter's row lock orders an owner's numbers by commit).
+#: ('m'), UIDs that left it ('x', only when ``$5``), the owner's counter ('n') and
+#: the highest modseq whose expunge records were pruned ('p'): one statement, so
+#: one snapshot; every change numbered up to 'n' is in it (the counter's row lock
+#: orders an owner's numbers by commit).
 SELECT_CHANGES = f"""
 SELECT 'm' AS kind, {_ROW_COLUMNS} FROM messages
 WHERE account_id = $1 AND owner_id = $2 AND imap_folder = $3 AND imap_modseq > $4
@@ -48,9 +50,37 @@ WHERE account_id = $1 AND owner_id = $2 AND folder = $3 AND modseq > $4 AND $5
 UNION ALL
 SELECT 'n', NULL, last_value, NULL, NULL, NULL, NULL, NULL FROM imap_owners
 WHERE account_id = $1 AND owner_id = $2
+UNION ALL
+SELECT 'p', NULL, expunges_pruned_through, NULL, NULL, NULL, NULL, NULL FROM imap_owners
+WHERE account_id = $1 AND owner_id = $2
+"""
+#: Deletes up to ``$2`` expunge records older than ``$1`` seconds, and raises
+#: each of their owners' ``expunges_pruned_through`` to the highest modseq
+#: deleted, in one statement (so a session never sees the records gone but the
+#: mark not raised). A maintenance sweep over every owner.
+PRUNE_EXPUNGES = """
+WITH gone AS (
+    DELETE FROM imap_expunges
+    WHERE (owner_id, folder, modseq, uid) IN (
+        SELECT owner_id, folder, modseq, uid FROM imap_expunges
+        WHERE created_at < now() - make_interval(secs => $1)
+        LIMIT $2
+    )
+    RETURNING account_id, owner_id, modseq
+), marks AS (
+    UPDATE imap_owners o SET expunges_pruned_through = g.modseq
+    FROM (SELECT account_id, owner_id, max(modseq) AS modseq FROM gone
+          GROUP BY account_id, owner_id) g
+    WHERE o.account_id = g.account_id AND o.owner_id = g.owner_id
+      AND o.expunges_pruned_through < g.modseq
+)
+SELECT count(*) FROM gone
 """
 SELECT_LAST_VALUE = """
 SELECT last_value FROM imap_owners WHERE account_id = $1 AND owner_id = $2
+"""
+SELECT_UID_VALIDITY = """
+SELECT uid_validity FROM imap_owners WHERE account_id = $1 AND owner_id = $2
 """
 #: UIDVALIDITY of an owner, made on first use (RFC 3501 §2.3.1.1: it never changes).
 ENSURE_OWNER = """
@@ -91,6 +121,15 @@ FOR UPDATE
 """
 SELECT_RAWS = """
 SELECT m.id, b.data FROM messages m JOIN blobs b ON b.sha256 = m.raw_sha256
+WHERE m.account_id = $1 AND m.owner_id = $2 AND m.id = ANY($3::text[])
+"""
+#: The stored bytes of messages up to their first CRLF CRLF (the end of the header
+#: block, RFC 5322 §2.1), cut out by the database so the body never leaves it; a
+#: message without one yields its first 3 bytes, which the caller rejects.
+SELECT_HEADERS = """
+SELECT m.id, substring(b.data FROM 1 FOR position(decode('0d0a0d0a', 'hex') IN b.data) + 3)
+    AS head
+FROM messages m JOIN blobs b ON b.sha256 = m.raw_sha256
 WHERE m.account_id = $1 AND m.owner_id = $2 AND m.id = ANY($3::text[])
 """
 #: Sets a message's labels and IMAP flags; the trigger moves it between folders.
@@ -134,11 +173,15 @@ def _row(record: Any) -> Row:
 @dataclass(frozen=True)
 class Changes:
     """What changed in a folder since a modseq: rows new or changed, UIDs gone,
-    and the modseq the caller has now seen."""
+    and the modseq the caller has now seen. With ``complete``, ``rows`` are all
+    the folder's messages and ``expunged`` is empty: expunge records the caller
+    had not seen were pruned, so it must drop every UID it knows that is not
+    among ``rows``."""
 
     rows: list[Row]
     expunged: list[int]
     modseq: int
+    complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,13 +212,30 @@ class ImapStore:
         pool: the process's pool (search_path ``messages``).
     """
 
+    #: Owners whose UIDVALIDITY the process keeps (it never changes).
+    VALIDITY_CACHE_SIZE = 65536
+
     def __init__(self, pool: asyncpg.Pool):
         self._pool = pool
+        self._validity: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     async def uid_validity(self, owner: Owner) -> int:
         """The owner's UIDVALIDITY (the same for each of its folders; UIDs are
-        unique across them)."""
-        return int(await self._pool.fetchval(ENSURE_OWNER, owner.account_id, owner.id))
+        unique across them). It never changes (RFC 3501 §2.3.1.1), so after the
+        first login a login reads it from the process, not the database; the
+        row is made (a write) only on an owner's first login ever."""
+        key = (owner.account_id, owner.id)
+        value = self._validity.get(key)
+        if value is None:
+            value = await self._pool.fetchval(SELECT_UID_VALIDITY, *key)
+            if value is None:
+                value = await self._pool.fetchval(ENSURE_OWNER, *key)
+            self._validity[key] = value = int(value)
+            if len(self._validity) > self.VALIDITY_CACHE_SIZE:
+                self._validity.popitem(last=False)
+        else:
+            self._validity.move_to_end(key)
+        return value
 
     async def last_value(self, owner: Owner) -> int:
         """The owner's counter: the highest UID or modseq handed out so far."""
@@ -188,15 +248,36 @@ class ImapStore:
         records = await self._pool.fetch(
             SELECT_CHANGES, owner.account_id, owner.id, folder, since or 0, since is not None
         )
-        rows, expunged, modseq = [], [], since or 0
+        rows, expunged, modseq, pruned = [], [], since or 0, 0
         for record in records:
             if record["kind"] == "m":
                 rows.append(_row(record))
             elif record["kind"] == "x":
                 expunged.append(record["uid"])
-            else:
+            elif record["kind"] == "n":
                 modseq = max(modseq, record["uid"])
-        return Changes(rows, expunged, modseq)
+            else:
+                pruned = record["uid"]
+        if since is not None and pruned > since:
+            # Some of what left the folder after `since` is no longer recorded.
+            full = await self.changes(owner, folder, None)
+            return Changes(full.rows, [], full.modseq, complete=True)
+        return Changes(rows, expunged, modseq, complete=since is None)
+
+    async def prune_expunges(self, older_than: float, batch: int = 10_000) -> int:
+        """Deletes expunge records older than ``older_than`` seconds, in batches
+        of ``batch`` (each its own statement); sessions that had not seen them
+        resynchronise in full (``changes``).
+
+        Returns:
+            How many records were deleted.
+        """
+        deleted = 0
+        while True:
+            count = int(await self._pool.fetchval(PRUNE_EXPUNGES, older_than, batch))
+            deleted += count
+            if count < batch:
+                return deleted
 
     async def summary(self, owner: Owner, folder: str) -> Summary:
         """The folder's counts."""
@@ -219,6 +300,14 @@ class ImapStore:
         """The RFC 5322 bytes of the owner's ``message_ids``."""
         records = await self._pool.fetch(SELECT_RAWS, owner.account_id, owner.id, list(message_ids))
         return {r["id"]: bytes(r["data"]) for r in records}
+
+    async def headers(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, bytes]:
+        """The owner's ``message_ids``, each up to and including its first CRLF
+        CRLF (its first 3 bytes if it has none)."""
+        records = await self._pool.fetch(
+            SELECT_HEADERS, owner.account_id, owner.id, list(message_ids)
+        )
+        return {r["id"]: bytes(r["head"]) for r in records}
 
     async def relabel(
         self, owner: Owner, folder: str, uids: Sequence[int], plan: Any

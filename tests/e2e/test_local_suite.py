@@ -5,12 +5,12 @@ over real HTTP, by a reflection-only gRPC client (no .proto files) and by
 from __future__ import annotations
 
 import email
+import email.policy
 import http.server
 import imaplib
 import json
 import os
 import queue
-import re
 import signal
 import smtplib
 import socket
@@ -24,12 +24,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import dkim
-import dns.resolver
 import grpc
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -44,14 +41,12 @@ START_SECONDS = 90
 class Suite:
     """One ``python -m deploy.local`` process and how to reach it."""
 
-    def __init__(self, state: Path, dns_port: int):
+    def __init__(self, state: Path, dns_port: int, outbound_port: int = 25):
         self.state = state
         self.pods_port = free_port()
         self.gateway_port = free_port()
         self.smtp_port = free_port()
         self.imap_port = free_port()
-        #: Where the worker delivers outbound mail (a recipient domain's MX port).
-        self.outbound_port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILPLANE_")}
         self.env.update(
             MAILPLANE_STATE_DIR=str(state),
@@ -67,7 +62,7 @@ class Suite:
             MAILPLANE_GATEWAY_PORT=str(self.gateway_port),
             MAILPLANE_LOG_FORMAT="json",
             MAILPLANE_DNS_NAMESERVERS=f"127.0.0.1:{dns_port}",
-            MAILPLANE_OUTBOUND_PORT=str(self.outbound_port),
+            MAILPLANE_OUTBOUND_PORT=str(outbound_port),
         )
         self.process: subprocess.Popen[str] | None = None
         self.banner = ""
@@ -117,9 +112,39 @@ class Suite:
         )
 
 
+class _Sink:
+    """A loopback MX (aiosmtpd) that keeps every message it is given."""
+
+    def __init__(self) -> None:
+        self.received: queue.Queue[tuple[str, list[str], bytes]] = queue.Queue()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.put((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 OK"
+
+    def next(self, timeout: float = 30) -> tuple[str, list[str], bytes]:
+        return self.received.get(timeout=timeout)
+
+
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory, dns_zone: Zone) -> Iterator[Suite]:
-    running = Suite(tmp_path_factory.mktemp("state"), dns_zone.port)
+def sink(dns_zone: Zone) -> Iterator[tuple[_Sink, int]]:
+    """The sink, reached as example.com's MX through the loopback DNS server."""
+    from aiosmtpd.controller import Controller
+
+    handler, port = _Sink(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    dns_zone.publish("example.com", "MX", "10 mx.sink.test")
+    dns_zone.publish("mx.sink.test", "A", "127.0.0.1")
+    yield handler, port
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def suite(
+    tmp_path_factory: pytest.TempPathFactory, dns_zone: Zone, sink: tuple[_Sink, int]
+) -> Iterator[Suite]:
+    running = Suite(tmp_path_factory.mktemp("state"), dns_zone.port, outbound_port=sink[1])
     running.start()
     yield running
     if running.process is not None and running.process.poll() is None:
@@ -153,7 +178,9 @@ def reflective_call(
         return json_format.MessageToDict(response)
 
 
-def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zone) -> None:
+def test_walkthrough_reflection_admin_and_clean_stop(
+    suite: Suite, dns_zone: Zone, sink: tuple[_Sink, int]
+) -> None:
     key = (suite.state / "dev-api-key").read_text().strip()
     assert key in suite.banner and suite.url in suite.banner
     # The shared domain's DKIM key, made by the launcher: its record to publish.
@@ -267,7 +294,8 @@ def test_walkthrough_reflection_admin_and_clean_stop(suite: Suite, dns_zone: Zon
     assert billing["plan"] == "growth" and billing["mailboxes"] == {"used": 1, "limit": 10}
     assert billing["inboxes"]["used"] == 3 and billing["domains"]["used"] == 1
 
-    mail_arrives_and_is_announced(suite, headers, dns_zone)
+    inbox, received = mail_arrives_and_is_announced(suite, headers)
+    mail_leaves_signed_and_threaded(suite, headers, inbox, received, sink, dns_zone)
 
     assert suite.interrupt() == 0
     assert not port_open(suite.pods_port) and not port_open(suite.gateway_port)
@@ -295,10 +323,11 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         return None
 
 
-def mail_arrives_and_is_announced(suite: Suite, headers: dict[str, str], dns_zone: Zone) -> None:
+def mail_arrives_and_is_announced(
+    suite: Suite, headers: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """DESIGN §7: a message sent with a real SMTP client to an inbox's address is
-    listed, threaded, raises message.received on /v1/events and on a signed webhook;
-    the agent's reply leaves, signed."""
+    listed, threaded, raises message.received on /v1/events and on a signed webhook."""
     receiver = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
@@ -339,62 +368,9 @@ def mail_arrives_and_is_announced(suite: Suite, headers: dict[str, str], dns_zon
         assert sent_headers["webhook-id"] == events[0]["id"]
         assert json.loads(body)["data"]["message"]["subject"] == "Your code is 123456"
         read_over_imap(suite, inbox, messages[0]["id"], headers)
-        the_reply_leaves_signed(suite, messages[0], headers, dns_zone)
+        return inbox, messages[0]
     finally:
         receiver.shutdown()
-
-
-class _Sink:
-    """An MX that keeps what it is given (aiosmtpd handler)."""
-
-    def __init__(self) -> None:
-        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.put((envelope.mail_from, envelope.original_content))
-        return "250 2.0.0 Ok"
-
-
-def the_reply_leaves_signed(
-    suite: Suite, received: dict[str, Any], headers: dict[str, str], dns_zone: Zone
-) -> None:
-    """DESIGN §7.5: the agent replies through the API; the worker signs it through
-    the domains service and delivers it to the sender's MX (a sink on loopback,
-    reached through the DNS zone) with its threading headers and a DKIM signature
-    that verifies against the record the launcher wrote."""
-    line = (suite.state / "shared-dkim.txt").read_text()
-    dns_zone.publish(line.split()[0].rstrip("."), "TXT", "".join(re.findall(r'"([^"]*)"', line)))
-    dns_zone.publish("example.com", "MX", "10 mx.example.com")
-    dns_zone.publish("mx.example.com", "A", "127.0.0.1")
-    sink = _Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=suite.outbound_port)
-    controller.start()
-    try:
-        answer = httpx.post(
-            f"{suite.url}/v1/messages/{received['id']}/reply",
-            json={"text": "Thanks, signed in."},
-            headers={**headers, "Idempotency-Key": "reply-1"},
-        )
-        assert answer.status_code == 202, answer.text
-        mail_from, raw = sink.received.get(timeout=30)
-    finally:
-        controller.stop()
-    reply = email.message_from_bytes(raw)
-    assert reply["In-Reply-To"] == received["messageId"]
-    assert reply["Subject"] == "Re: Your code is 123456"
-    assert mail_from.endswith("@" + received["to"][0].rpartition("@")[2])  # VERP, ours
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers, resolver.port = ["127.0.0.1"], dns_zone.port
-
-    def txt(name: bytes, timeout: int = 5) -> bytes:
-        return b"".join(b"".join(r.strings) for r in resolver.resolve(name.decode(), "TXT"))
-
-    assert dkim.verify(raw, dnsfunc=txt)
-    sent = f"{suite.url}/v1/messages/{answer.json()['id']}"
-    deadline = time.monotonic() + 30
-    while httpx.get(sent, headers=headers).json()["status"] != "sent":
-        assert time.monotonic() < deadline, "the reply was not recorded sent"
-        time.sleep(0.1)
 
 
 def read_over_imap(
@@ -414,3 +390,108 @@ def read_over_imap(
         assert client.store("1", "+FLAGS", "(\\Seen)")[0] == "OK"
     labels = httpx.get(f"{suite.url}/v1/messages/{message_id}", headers=headers).json()["labels"]
     assert "unread" not in labels and "received" in labels
+
+
+def _published_dkim(suite: Suite) -> tuple[str, str]:
+    """The shared domain's DKIM record as the launcher wrote it: (name, TXT value)."""
+    line = (suite.state / "shared-dkim.txt").read_text()
+    name = line.split()[0].rstrip(".")
+    value = "".join(part for part in line.split('"')[1::2])
+    return name, value
+
+
+def _wait_for(check: Any, what: str, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def mail_leaves_signed_and_threaded(
+    suite: Suite,
+    headers: dict[str, str],
+    inbox: dict[str, Any],
+    received: dict[str, Any],
+    sink: tuple[_Sink, int],
+    dns_zone: Zone,
+) -> None:
+    """Issue 13's journey through ``make run``: the agent replies through the API
+    and the reply reaches a loopback MX DKIM-signed and threaded; a mail client
+    submits with the handed-out credentials; a paused mailbox holds a scheduled
+    message and releases it on resume, delivered once; the stats count it."""
+    import dkim
+
+    box, _ = sink
+    name, value = _published_dkim(suite)
+    dns_zone.publish(name, "TXT", value)
+
+    def dns(query: bytes, timeout: float = 5) -> bytes:
+        return value.encode() if query.decode().rstrip(".") == name else b""
+
+    reply = httpx.post(
+        f"{suite.url}/v1/messages/{received['id']}/reply",
+        json={"text": "Thanks, signed in."},
+        headers={**headers, "Idempotency-Key": "e2e-reply"},
+    )
+    assert reply.status_code == 202, reply.text
+    mail_from, rcpts, raw = box.next()
+    assert rcpts == ["ada@example.com"] and "+bounce-" in mail_from
+    assert dkim.verify(raw, dnsfunc=dns)
+    sent = email.message_from_bytes(raw, policy=email.policy.default)
+    assert sent["In-Reply-To"] == received["messageId"]
+    assert sent["Subject"] == f"Re: {received['subject']}"
+    assert "d=mailplane.test" in sent["DKIM-Signature"].replace(" ", "")
+    listing = f"{suite.url}/v1/messages/{reply.json()['id']}"
+    _wait_for(lambda: httpx.get(listing, headers=headers).json()["status"] == "sent", "sent")
+
+    # A mail client sends with the credentials as handed out (STARTTLS, AUTH).
+    smtp = inbox["credentials"]["smtp"]
+    context = ssl.create_default_context(cafile=str(suite.state / "tls" / "cert.pem"))
+    note = EmailMessage()
+    note["From"], note["To"], note["Subject"] = inbox["email"], "bob@example.com", "Submitted"
+    note.set_content("From a mail client.")
+    with smtplib.SMTP(smtp["host"], smtp["port"], timeout=10) as client:
+        client.starttls(context=context)
+        client.login(smtp["username"], smtp["password"])
+        client.send_message(note)
+    _, rcpts, raw = box.next()
+    assert rcpts == ["bob@example.com"] and dkim.verify(raw, dnsfunc=dns)
+
+    # A paused mailbox holds a scheduled message and releases it on resume.
+    mailbox = httpx.post(
+        f"{suite.url}/v1/agent/mailboxes",
+        json={"address": "support@mailplane.test"},
+        headers=headers,
+    ).json()
+    base = f"{suite.url}/v1/agent/mailboxes/{mailbox['id']}"
+    draft = httpx.post(
+        f"{base}/drafts", json={"to": ["carol@example.com"], "text": "Later."}, headers=headers
+    ).json()
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3))
+    scheduled = httpx.post(
+        f"{suite.url}/v1/drafts/{draft['id']}/send", json={"sendAt": when}, headers=headers
+    )
+    assert scheduled.status_code == 202 and scheduled.json()["status"] == "scheduled"
+    assert httpx.patch(base, json={"status": "paused"}, headers=headers).status_code == 200
+    refused = httpx.post(
+        f"{base}/messages",
+        json={"to": ["carol@example.com"], "text": "x"},
+        headers={**headers, "Idempotency-Key": "e2e-paused"},
+    )
+    assert refused.status_code == 409 and refused.json()["error"] == "mailbox_paused"
+    message = f"{suite.url}/v1/messages/{scheduled.json()['id']}"
+    assert httpx.get(message, headers=headers).json()["status"] == "held"
+    time.sleep(4)  # past its sendAt: held, so nothing goes out
+    assert box.received.empty()
+    assert httpx.patch(base, json={"status": "active"}, headers=headers).status_code == 200
+    _, rcpts, _ = box.next()
+    assert rcpts == ["carol@example.com"]
+    _wait_for(lambda: httpx.get(message, headers=headers).json()["status"] == "sent", "sent")
+    time.sleep(1)
+    assert box.received.empty()  # exactly once
+    stats = httpx.get(f"{base}/stats", params={"period": "24h"}, headers=headers).json()
+    assert stats["sends"] == {"total": 1, "period": 1}
+    assert stats["deliverability"]["delivered"] == 1 and stats["deliverability"]["bounced"] == 0

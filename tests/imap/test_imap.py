@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import re
+import socket
 import ssl
 from typing import Any
 
 import httpx
 import imapclient
 
+from services.messages.imap_store import ImapStore
 from services.messages.ingest import Ingest
 from tests.conftest import Services, Tenant
 from tests.imap.conftest import Listener
@@ -414,3 +416,179 @@ async def test_deleting_an_inbox_closes_its_sessions(
     line = await asyncio.to_thread(client.readline)
     assert line.startswith(b"* BYE"), line
     assert await asyncio.to_thread(client.readline) == b""  # and the connection closed
+
+
+def tls_records(sock: ssl.SSLSocket, until: bytes) -> list[bytes]:
+    """What the server sends, one TLS record per item, up to the record holding
+    ``until``. A blocking ``recv`` returns at most one record's data (OpenSSL's
+    ``SSL_read`` reads one record at a time), which is what a non-blocking
+    reader gets in the worst case; ``until`` is looked for across records."""
+    records: list[bytes] = []
+    while until not in b"".join(records):
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            raise AssertionError(records) from None
+        assert chunk, b"".join(records)
+        records.append(chunk)
+    return records
+
+
+def quoted(value: str) -> bytes:
+    """An IMAP quoted string (RFC 3501 §4.3)."""
+    return b'"' + value.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
+
+
+async def test_responses_reach_a_non_blocking_reader_as_whole_lines(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    # imapclient's idle_check reads a non-blocking socket, and a line split
+    # across TLS records lost its head there: imaplib then aborted on the tail
+    # (`unexpected response: b')'`). Every record must end a line.
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Whole lines")
+    imap = inbox["credentials"]["imap"]
+    rest = await rest_message(http, tenant, inbox)
+    context = ssl.create_default_context(cafile=str(imap_listener.cafile))
+
+    def connect() -> ssl.SSLSocket:
+        raw = socket.create_connection((imap["host"], imap["port"]), timeout=30)
+        return context.wrap_socket(raw, server_hostname=imap["host"])
+
+    sock = await asyncio.to_thread(connect)
+    records: list[bytes] = []
+    try:
+
+        def command(line: bytes | None, until: bytes) -> None:
+            if line is not None:
+                sock.sendall(line + b"\r\n")
+            records.extend(tls_records(sock, until))
+
+        await asyncio.to_thread(command, None, b"* OK")
+        login_line = b"a LOGIN " + quoted(imap["username"]) + b" " + quoted(imap["password"])
+        await asyncio.to_thread(command, login_line, b"a OK")
+        await asyncio.to_thread(command, b"b SELECT INBOX", b"b OK")
+        fetch = b"c FETCH 1 (FLAGS ENVELOPE BODYSTRUCTURE BODY.PEEK[])"
+        await asyncio.to_thread(command, fetch, b"c OK")
+        await asyncio.to_thread(command, b"d IDLE", b"+ ")
+        patched = await http.patch(
+            f"/v1/messages/{rest['id']}", json={"addLabels": ["vip"]}, headers=tenant.headers
+        )
+        assert patched.status_code == 200, patched.text
+        await asyncio.to_thread(command, None, b"FETCH")
+        await asyncio.to_thread(command, b"DONE", b"d OK")
+    finally:
+        sock.close()
+    whole = b"".join(records)
+    assert b"BODY[] {" in whole and b"vip" in whole, whole
+    split = [record for record in records if not record.endswith(b"\r\n")]
+    assert split == [], split
+
+
+async def test_header_fetches_read_the_stored_header_and_agree_with_the_whole_message(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    # Header sections and ENVELOPE come from the header block alone, RFC822.SIZE
+    # from the row, and ENVELOPE/BODYSTRUCTURE once made from the process's
+    # cache: each must be what the whole message says, cold and cached.
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Héllo, headers")
+    imap = inbox["credentials"]["imap"]
+    rest = await rest_message(http, tenant, inbox)
+    raw = (await http.get(f"/v1/messages/{rest['id']}/raw", headers=tenant.headers)).content
+    header = raw[: raw.index(b"\r\n\r\n") + 4]
+
+    def fetches() -> list[Any]:
+        client = login(imap_listener, imap)
+        try:
+            client.select("INBOX", readonly=True)
+            heads = "(RFC822.SIZE ENVELOPE BODY.PEEK[HEADER] BODY.PEEK[HEADER.FIELDS (SUBJECT)])"
+            out = [client.fetch("1", heads)[1]]
+            out.append(client.fetch("1", "(BODYSTRUCTURE ENVELOPE BODY.PEEK[HEADER])")[1])
+            out.append(client.fetch("1", "(BODYSTRUCTURE BODY.PEEK[])")[1])
+            out.append(client.fetch("1", "(BODYSTRUCTURE ENVELOPE RFC822.HEADER)")[1])
+            out.append(client.search(None, "SUBJECT", '"headers"')[1])
+            return out
+        finally:
+            client.logout()
+
+    cold, again, whole, cached, found = map(wire, await asyncio.to_thread(fetches))
+    assert found == b"1"
+    assert f"RFC822.SIZE {len(raw)} ".encode() in cold
+    assert b"BODY[HEADER] {%d}\r\n%s" % (len(header), header) in cold
+    subject = re.search(rb"^Subject:.*\r\n", header, re.MULTILINE)
+    assert subject and b"{%d}\r\n%s\r\n" % (len(subject[0]) + 2, subject[0]) in cold
+    envelope = between(cold, b"ENVELOPE ", b" BODY[HEADER]")
+    assert b"H\xc3\xa9llo, headers" in envelope
+    assert b'(("Ada Lovelace" NIL "ada" "example.com"))' in envelope
+    structure = between(again, b"BODYSTRUCTURE ", b" ENVELOPE ")
+    assert structure.startswith(b'("text" "plain"'), structure
+    assert between(again, b"ENVELOPE ", b" BODY[HEADER]") == envelope
+    assert b"BODY[HEADER] {%d}\r\n%s" % (len(header), header) in again
+    assert between(whole, b"BODYSTRUCTURE ", b" BODY[]") == structure
+    assert b"BODY[] {%d}\r\n%s" % (len(raw), raw) in whole
+    assert between(cached, b"BODYSTRUCTURE ", b" ENVELOPE ") == structure
+    assert between(cached, b"ENVELOPE ", b" RFC822.HEADER") == envelope
+    assert b"RFC822.HEADER {%d}\r\n%s" % (len(header), header) in cached
+
+
+def wire(fetched: list[Any]) -> bytes:
+    """imaplib's answer to one command as it came over the wire."""
+    return b"".join(p if isinstance(p, bytes) else p[0] + b"\r\n" + p[1] for p in fetched)
+
+
+def between(data: bytes, start: bytes, end: bytes) -> bytes:
+    """The bytes of ``data`` after ``start`` and before the next ``end``."""
+    head = data.index(start) + len(start)
+    return data[head : data.index(end, head)]
+
+
+async def test_a_session_older_than_pruned_expunges_resyncs_in_full(
+    http: httpx.AsyncClient,
+    services: Services,
+    tenant: Tenant,
+    edge: tuple[str, int],
+    ingest: Ingest,
+    imap_listener: Listener,
+) -> None:
+    inbox = await inbox_with_mail(http, services, tenant, edge, ingest, "Keep", "Go")
+    imap = inbox["credentials"]["imap"]
+    listed = await http.get(f"/v1/inboxes/{inbox['id']}/messages", headers=tenant.headers)
+    (going,) = [m for m in listed.json()["messages"] if m["subject"] == "Go"]
+    client = await asyncio.to_thread(other_client, imap_listener, imap)
+    try:
+        await asyncio.to_thread(client.select_folder, "INBOX")
+        uids = sorted(await asyncio.to_thread(client.search))
+        (going_uid,) = await asyncio.to_thread(client.search, ["SUBJECT", "Go"])
+        going_seq = uids.index(going_uid) + 1
+        # Trashed over REST: an expunge record for INBOX, then pruned before the
+        # session looked again.
+        trashed = await http.patch(
+            f"/v1/messages/{going['id']}", json={"addLabels": ["trash"]}, headers=tenant.headers
+        )
+        assert trashed.status_code == 200, trashed.text
+        store = ImapStore(services.messages.pool)
+        assert await store.prune_expunges(0) >= 1
+        left = await services.messages.pool.fetchval(
+            "SELECT count(*) FROM imap_expunges WHERE account_id = $1 AND owner_id = $2",
+            tenant.account_id,
+            inbox["id"],
+        )
+        assert left == 0
+        # The session still learns the message left (RFC 3501 §7.4.1).
+        _, untagged = await asyncio.to_thread(client.noop)
+        assert (going_seq, b"EXPUNGE") in untagged
+        remaining = await asyncio.to_thread(client.search)
+        assert remaining == [uid for uid in uids if uid != going_uid]
+        fetched = await asyncio.to_thread(client.fetch, remaining, ["ENVELOPE"])
+        assert [f[b"ENVELOPE"].subject for f in fetched.values()] == [b"Keep"]
+    finally:
+        await asyncio.to_thread(client.logout)
