@@ -1,4 +1,4 @@
-"""``python -m benchmarks.submission_load HOST PORT USER PASSWORD CAFILE SECONDS``:
+"""``python -m benchmarks.submission_load HOST PORT USER PASSWORD CAFILE SECONDS [TO]``:
 authenticated SMTP submission load (STARTTLS, AUTH PLAIN), one connection per
 session reused for every message, ``SESSIONS`` sessions at once, 4 KB messages
 with a fresh Message-ID each. Prints ``{"messages", "seconds", "errors",
@@ -26,10 +26,10 @@ SESSIONS = 8
 BODY = ("x" * 76 + "\n") * 52  # about 4 KB
 
 
-def _message(sender: str) -> EmailMessage:
+def _message(sender: str, to: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = "sink@example.com"
+    message["To"] = to
     message["Subject"] = "Submission load"
     message["Message-ID"] = f"<{uuid.uuid4().hex}@load.example>"
     message.set_content(BODY)
@@ -43,6 +43,7 @@ async def _session(
     password: str,
     context: ssl.SSLContext,
     until: float,
+    to: str,
     latencies: list[float],
     logins: list[float],
     errors: list[str],
@@ -56,16 +57,18 @@ async def _session(
         while time.monotonic() < until:
             began = time.perf_counter()
             try:
-                await client.send_message(_message(user))
+                await client.send_message(_message(user, to))
             except aiosmtplib.SMTPException as error:
-                errors.append(type(error).__name__)
+                errors.append(f"{type(error).__name__} {getattr(error, 'code', '')}".strip())
                 continue
             latencies.append(time.perf_counter() - began)
     finally:
         await client.quit()
 
 
-async def _run(host: str, port: int, user: str, password: str, cafile: str, seconds: float) -> None:
+async def _run(
+    host: str, port: int, user: str, password: str, cafile: str, seconds: float, to: str
+) -> None:
     context = ssl.create_default_context(cafile=cafile)
     latencies: list[float] = []
     logins: list[float] = []
@@ -74,7 +77,7 @@ async def _run(host: str, port: int, user: str, password: str, cafile: str, seco
     until = started + seconds
     await asyncio.gather(
         *(
-            _session(host, port, user, password, context, until, latencies, logins, errors)
+            _session(host, port, user, password, context, until, to, latencies, logins, errors)
             for _ in range(SESSIONS)
         )
     )
@@ -86,6 +89,7 @@ async def _run(host: str, port: int, user: str, password: str, cafile: str, seco
                 "messages": len(latencies),
                 "seconds": elapsed,
                 "errors": len(errors),
+                "error_kinds": {kind: errors.count(kind) for kind in set(errors)},
                 "p50_ms": cuts[49] * 1000,
                 "p99_ms": cuts[98] * 1000,
                 "login_p99_ms": max(logins) * 1000 if logins else 0.0,
@@ -125,7 +129,8 @@ def main() -> None:
         asyncio.run(_floor(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
         return
     host, port, user, password, cafile, seconds = sys.argv[1:7]
-    asyncio.run(_run(host, int(port), user, password, cafile, float(seconds)))
+    to = sys.argv[7] if len(sys.argv) > 7 else "sink@example.com"
+    asyncio.run(_run(host, int(port), user, password, cafile, float(seconds), to))
 
 
 if __name__ == "__main__":

@@ -1118,6 +1118,7 @@ def run_submission(name: str, port: int, user: str, password: str, cafile: Path)
             password,
             str(cafile),
             str(PHASE_SECONDS),
+            f"submitted@{SINK_DOMAIN}",
         ],
         check=True,
         capture_output=True,
@@ -1131,7 +1132,7 @@ def run_submission(name: str, port: int, user: str, password: str, cafile: Path)
         p50_ms=figures["p50_ms"],
         p99_ms=figures["p99_ms"],
         errors=figures["errors"],
-        error_kinds="",
+        error_kinds=", ".join(f"{k} x{n}" for k, n in sorted(figures["error_kinds"].items())),
     )
 
 
