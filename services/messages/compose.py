@@ -72,6 +72,9 @@ class Composition:
     html: str | None = None
     attachments: list[Attachment] = field(default_factory=list)
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: What the sender wrote above a forwarded message (its ``extractedText``);
+    #: ``None`` when the text is all the sender's own.
+    written: str | None = None
 
     @property
     def recipients(self) -> list[str]:

@@ -139,11 +139,14 @@ def composed(
     text: str | None,
     html: str | None,
     attachments: list[Part],
+    written: str | None = None,
 ) -> Parsed:
     """What :func:`parse` would find in a message Mailplane wrote itself, from
     the parts it wrote it from (a send does not parse its own bytes again: that
-    costs about 2 ms of a send's CPU). Preview and extracted text are derived as
-    :func:`parse` derives them."""
+    costs about 2 ms of a send's CPU). The preview is derived as :func:`parse`
+    derives it; the extracted text is ``written``, what the sender wrote above
+    any quoted history (finding it again with mail-parser-reply costs about a
+    millisecond), else the text."""
     plain = text if text is not None else (_html_text(html) if html is not None else "")
     return Parsed(
         message_id=message_id,
@@ -157,7 +160,7 @@ def composed(
         text=text,
         html=html,
         preview=_one_line(plain)[:PREVIEW_CHARS],
-        extracted_text=_extract(plain),
+        extracted_text=(written if written is not None else plain).strip(),
         attachments=attachments,
         sha256=hashlib.sha256(raw).digest(),
         size=len(raw),

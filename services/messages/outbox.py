@@ -231,6 +231,7 @@ class Outbox:
             subject=composition.subject,
             text=composition.text,
             html=composition.html,
+            written=composition.written,
             attachments=[
                 mime.Part(
                     a.filename or None,

@@ -251,6 +251,7 @@ class SendingServicer(sending_pb2_grpc.SendingServiceServicer):
             subject=compose.forward_subject(parent.subject),
             text=f"{above}\n\n{quoted}" if above else quoted,
             html=html,
+            written=above,
             attachments=await self._outbox.attachments_of(parent),
         )
         return await self._send(
