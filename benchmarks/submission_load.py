@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 import uuid
+import warnings
 from email.message import EmailMessage
 from typing import Any
 
@@ -23,6 +24,7 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP, AuthResult
 
 SESSIONS = 8
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 BODY = ("x" * 76 + "\n") * 52  # about 4 KB
 
 

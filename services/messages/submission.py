@@ -25,6 +25,7 @@ import base64
 import hashlib
 import ssl
 import time
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ from services.messages.outbox_store import SenderRow
 from services.messages.policy import bare_address
 
 _log = get_logger("mailplane.submission")
+# aiosmtpd's AUTH sets the deprecated Session.login_data itself on every login
+# (aiosmtpd 1.4.6 smtp_AUTH), which would log a warning per login.
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 #: Failed logins per login (and, times four, per client IP) within the window.
 LOGIN_FAILURES = 5
 LOGIN_WINDOW_SECONDS = 300.0
