@@ -1,7 +1,8 @@
 """Depth and age of the messages service's queues, sampled for ``/metrics``.
 
 The worker samples every ``SAMPLE_SECONDS``: the inbound spool (accepted by the
-SMTP edge, not yet filed) and the pending webhook deliveries, each as a count
+SMTP edge, not yet filed), the pending webhook deliveries and the outbound
+deliveries not yet settled, each as a count
 and the age of its oldest item, into ``mailplane_queue_depth{queue}`` and
 ``mailplane_queue_oldest_age_seconds{queue}`` (``services.chassis.metrics``).
 """
@@ -26,6 +27,9 @@ QUEUE_SQL = {
     " FROM spool",
     "webhook_deliveries": "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)),"
     " 0) FROM webhook_deliveries WHERE state = 'pending'",
+    # Outbound mail waiting for its (first or next) attempt, held mail left out.
+    "outbound": "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+    " FROM deliveries WHERE state IN ('queued', 'deferred', 'sending')",
 }
 
 

@@ -82,4 +82,5 @@ async def test_smtp_replies_pools_and_the_spool_are_exposed(
     assert sample("mailplane_queue_depth", queue="spool") >= 1
     assert sample("mailplane_queue_oldest_age_seconds", queue="spool") >= 0
     assert sample("mailplane_queue_depth", queue="webhook_deliveries") >= 0
+    assert sample("mailplane_queue_depth", queue="outbound") >= 0
     assert sample("mailplane_db_pool_connections", pool="messages", state="max") >= 1
