@@ -438,8 +438,21 @@ class Delivery:
             raise
         except Exception:
             _log.exception("delivery_failed", delivery_id=lease.id, message_id=lease.message_id)
+            await self._defer_after_bug(lease)
         finally:
             await self._committed(lease)
+
+    async def _defer_after_bug(self, lease: Lease) -> None:
+        """A delivery that failed for a reason of our own is deferred like a 4xx
+        (counted, backed off, bounced past ``max_hours``), so a row that keeps
+        failing ends instead of being leased again forever; when even that cannot
+        be recorded, the lease runs out and the row is taken again."""
+        reply = "451 4.3.0 Local error in delivery; it will be retried"
+        outcomes = self._scheduled(lease, [Outcome("deferred", tuple(lease.recipients), reply)])
+        try:
+            await self._store.record(lease, outcomes, None)
+        except Exception:
+            _log.exception("delivery_failure_not_recorded", delivery_id=lease.id)
 
     async def _admit_data(self) -> None:
         """Waits, before DATA, while ``COMMIT_BACKLOG`` deliveries have had the

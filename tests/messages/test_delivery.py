@@ -698,3 +698,47 @@ async def test_a_signer_that_is_unavailable_delays_the_message_without_counting_
     await until(worker, settled(pool, message, "sent"))
     await worker.connections.close()
     assert len(sink.of(message.message_id)) == 1
+
+
+async def test_a_delivery_that_fails_for_a_bug_of_ours_is_deferred_then_bounced_not_leased_forever(
+    http: httpx.AsyncClient,
+    services: Services,
+    settings: Settings,
+    tenant: Tenant,
+    sink: Sink,
+    domain: str,
+) -> None:
+    pool = services.messages.pool
+    owner, sender = await sender_of(http, services, tenant)
+
+    async def broken(account_id: str, signing_domain: str, raw: bytes) -> bytes:
+        raise RuntimeError("a bug in signing")
+
+    worker = Delivery(
+        pool,
+        SenderResolver(settings.dns_nameservers, settings.dns_timeout_seconds),
+        broken,
+        Options(helo="out.mailplane.test", shared_domain=SHARED, port=sink.port, retry_base=0.05),
+    )
+    message = await queue(pool, owner, sender, [f"ann@{domain}"])
+    await pool.execute(  # only this test's row is due: other tests' rows wait
+        "UPDATE deliveries SET next_attempt_at = now() + interval '1 hour'"
+        " WHERE message_id <> $1 AND state IN ('queued', 'deferred')",
+        message.id,
+    )
+    assert await worker.run_once() >= 1
+    await asyncio.sleep(0.2)
+    row = await pool.fetchrow(
+        "SELECT state, attempts, last_reply FROM deliveries WHERE message_id = $1", message.id
+    )
+    assert (row["state"], row["attempts"]) == ("deferred", 1)
+    assert row["last_reply"].startswith("451 4.3.0 Local error")
+    # Past its lifetime, the next failure bounces it for good.
+    await pool.execute(
+        "UPDATE deliveries SET expires_at = now() - interval '1 second', next_attempt_at = now()"
+        " WHERE message_id = $1",
+        message.id,
+    )
+    await until(worker, settled(pool, message, "bounced"))
+    await worker.connections.close()
+    assert sink.of(message.message_id) == []
