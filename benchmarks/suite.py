@@ -86,6 +86,8 @@ SENDER_DOMAIN = "load.example.com"
 #: The recipients' domain of the send phases: its MX is this machine, where the
 #: outbound sink (Postfix's smtp-sink, else an aiosmtpd discard) listens.
 SINK_DOMAIN = "sink.bench.test"
+#: Inboxes the REST send phase sends from, in turn.
+SENDERS = 8
 #: About 4 KB of text, the body of every sent message.
 SEND_TEXT = "Bench message line of sixty-four characters, repeated to 4 KB.\n" * 64
 E2E_SECONDS = int(os.environ.get("MAILPLANE_BENCH_E2E_SECONDS", "60"))
@@ -113,6 +115,10 @@ function init(args)
   wrk.headers["Authorization"] = "Bearer " .. args[2]
   template = args[3]
   prefix = args[4] .. "t" .. tid .. "-"
+  paths = {}
+  for path in string.gmatch(args[5] or "", "%S+") do
+    table.insert(paths, path)
+  end
   counter = 0
   statuses = {}
   if template ~= "" then
@@ -127,7 +133,11 @@ function request()
   end
   counter = counter + 1
   wrk.headers["Idempotency-Key"] = prefix .. counter
-  return wrk.format(nil, nil, nil, string.format(template, prefix .. counter))
+  local path = nil
+  if #paths > 0 then
+    path = paths[counter % #paths + 1]
+  end
+  return wrk.format(nil, path, nil, string.format(template, prefix .. counter))
 end
 
 function response(status, headers, body)
@@ -355,6 +365,7 @@ def run_wrk(
     method: str = "GET",
     template: str = "",
     connections: int = CONNECTIONS,
+    paths: tuple[str, ...] = (),
 ) -> Phase:
     """Warms up, then measures ``url`` with wrk (1 thread, ``connections`` connections).
 
@@ -365,6 +376,7 @@ def run_wrk(
         method: the HTTP method.
         template: a JSON body with one ``%s``, filled with a value unique to each
             request (e.g. ``{"username": "%s"}``); empty sends no body.
+        paths: paths the requests take in turn (the URL's path when empty).
 
     Returns:
         The measured phase: 2xx answers per second; errors are non-2xx answers plus
@@ -375,7 +387,17 @@ def run_wrk(
         script.flush()
         run = secrets.token_hex(3)
         summaries = [
-            _wrk(script.name, url, seconds, method, key, template, f"b{run}{stage}", connections)
+            _wrk(
+                script.name,
+                url,
+                seconds,
+                method,
+                key,
+                template,
+                f"b{run}{stage}",
+                connections,
+                " ".join(paths),
+            )
             for stage, seconds in (("w", WARM_UP_SECONDS), ("m", PHASE_SECONDS))
         ]
     summary = summaries[-1]
@@ -404,6 +426,7 @@ def _wrk(
     template: str,
     prefix: str,
     connections: int,
+    paths: str = "",
 ) -> dict[str, Any]:
     out = subprocess.run(
         [
@@ -418,6 +441,7 @@ def _wrk(
             key,
             template,
             prefix,
+            paths,
         ],
         check=True,
         capture_output=True,
@@ -1045,14 +1069,19 @@ class Sending:
 def run_sending(suite: Suite, key: str) -> Sending:
     """Sends 4 KB messages over REST for a phase while the worker signs and delivers
     them to the sink; then submits over SMTP (STARTTLS + AUTH) beside a floor."""
-    inbox = create_inbox(suite, key, "sender")
+    # Eight senders in turn: one inbox's sends are serialized by its IMAP UID
+    # counter (a row locked from the insert to the commit, so UIDs follow commit
+    # order, RFC 3501 §2.3.1.1), which is not the per-message cost measured here.
+    senders = [create_inbox(suite, key, f"sender{i}") for i in range(SENDERS)]
+    inbox = senders[0]
     template = json.dumps({"to": [f"r%s@{SINK_DOMAIN}"], "subject": "Bench", "text": SEND_TEXT})
     accepted = run_wrk(
-        "REST POST /v1/inboxes/{id}/messages (queued)",
+        f"REST POST /v1/inboxes/{{id}}/messages, {SENDERS} inboxes",
         f"{suite.base_url}/v1/inboxes/{inbox['id']}/messages",
         key,
         "POST",
         template,
+        paths=tuple(f"/v1/inboxes/{s['id']}/messages" for s in senders),
     )
     ended = time.time()
 

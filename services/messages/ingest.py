@@ -168,6 +168,7 @@ class Ingest:
                 reply,
                 Outbound(recipients=[to], return_path=""),
             )
+            await self._store.count_sent(conn, owner)
 
     async def _bounce(
         self, conn: asyncpg.Connection, spooled: Spooled, recipient: Recipient

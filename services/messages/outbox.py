@@ -329,14 +329,15 @@ class Outbox:
         idempotency: Idempotency | None,
         draft: Draft | None,
     ) -> Message:
-        """Counts the send, stores and queues the message, records the key's
-        response (and a sent draft's end), in one transaction."""
+        """Stores and queues the message, records the key's response (and a sent
+        draft's end) and counts the send, in one transaction. The count comes
+        last: its rows are the sender's, locked until commit, and every send of
+        that sender waits for them."""
         owner = sender.owner
         async with self._mail.pool.acquire() as conn, conn.transaction():
             taken = draft is None or await OutboxStore.take_draft(conn, owner.account_id, draft.id)
             if not taken:
                 raise draft_not_found(draft.id if draft else "")
-            await self._count(conn, owner.id)
             message = await self._mail.store_outbound(conn, owner, thread_id, parsed, raw, outbound)
             if draft is not None:
                 await self._mail.record_event(
@@ -346,6 +347,7 @@ class Outbox:
                 await OutboxStore.finish_key(
                     conn, owner.account_id, idempotency.key, idempotency.encode(message)
                 )
+            await self._count(conn, owner.id)
         return message
 
     def _check_sender(self, sender: SenderRow) -> None:

@@ -50,8 +50,14 @@ FORGET_KEY = """
 DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 AND response IS NULL
 """
 FORGET_OLD_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'"
-#: Counts one send in the owner's current minute and day windows; returns both.
+#: Counts one send in the owner's current minute and day windows and its hour of
+#: seed 004 stats; returns both windows. The rows are the owner's, so a send runs
+#: it last in its transaction (their locks are held until commit).
 COUNT_SEND = """
+WITH sent AS (
+    INSERT INTO mail_counts AS c (owner_id, hour, sends) VALUES ($1, date_trunc('hour', now()), 1)
+    ON CONFLICT (owner_id, hour) DO UPDATE SET sends = c.sends + 1
+)
 INSERT INTO send_counts AS s (owner_id, window_kind, window_start, n)
 VALUES ($1, 'minute', date_trunc('minute', now()), 1), ($1, 'day', date_trunc('day', now()), 1)
 ON CONFLICT (owner_id, window_kind, window_start) DO UPDATE SET n = s.n + 1

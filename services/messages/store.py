@@ -217,18 +217,19 @@ VALUES ($1, $2, $3, $4, $5, $22, $23, $6, $7, $8, $9, $24, $10, $11, $12, $13,
 RETURNING {_MESSAGE_COLUMNS}
 """
 #: Queues an outbound message: one delivery per recipient domain ($4: bare addresses,
-#: lower case), due at $6 and given up $7 hours later, and counts the send (seed 004
-#: stats): one round trip.
+#: lower case), due at $6 and given up $7 hours later.
 ENQUEUE = """
-WITH d AS (
-    INSERT INTO deliveries (message_id, account_id, owner_id, domain, recipients, state,
-        next_attempt_at, expires_at)
-    SELECT $1, $2, $3, g.domain, g.recipients, $5, coalesce($6::timestamptz, now()),
-        coalesce($6::timestamptz, now()) + make_interval(hours => $7)
-    FROM (SELECT substring(a FROM '@([^@]*)$') AS domain, array_agg(a ORDER BY a) AS recipients
-          FROM unnest($4::text[]) AS a GROUP BY 1) AS g
-)
-INSERT INTO mail_counts AS c (owner_id, hour, sends) VALUES ($3, date_trunc('hour', now()), 1)
+INSERT INTO deliveries (message_id, account_id, owner_id, domain, recipients, state,
+    next_attempt_at, expires_at)
+SELECT $1, $2, $3, g.domain, g.recipients, $5, coalesce($6::timestamptz, now()),
+    coalesce($6::timestamptz, now()) + make_interval(hours => $7)
+FROM (SELECT substring(a FROM '@([^@]*)$') AS domain, array_agg(a ORDER BY a) AS recipients
+      FROM unnest($4::text[]) AS a GROUP BY 1) AS g
+"""
+#: Counts a send in its owner's hour (seed 004 stats). The row is the owner's, so
+#: callers run it last in their transaction: its lock is held until commit.
+COUNT_SENT = """
+INSERT INTO mail_counts AS c (owner_id, hour, sends) VALUES ($1, date_trunc('hour', now()), 1)
 ON CONFLICT (owner_id, hour) DO UPDATE SET sends = c.sends + 1
 """
 #: Taken shared by ingest for each owner it stores for; an owner's deletion takes
@@ -595,7 +596,8 @@ class MailStore:
     ) -> Message:
         """Stores an outbound message of ``owner`` and queues it, with its
         ``message.queued`` event (or ``message.held`` for a paused mailbox's), in
-        the caller's transaction (DESIGN §7.5; the delivery worker takes it).
+        the caller's transaction (DESIGN §7.5; the delivery worker takes it). The
+        caller counts the send (``COUNT_SENT``) last, before it commits.
 
         Args:
             thread_id: the thread it continues (a reply), or ``None`` to thread it
@@ -651,6 +653,11 @@ class MailStore:
             outbound.max_hours,
         )
         return message
+
+    async def count_sent(self, conn: asyncpg.Connection, owner: Owner) -> None:
+        """Counts one send of ``owner`` in its hour (seed 004 stats), in the caller's
+        transaction; run it last (the row is locked until commit)."""
+        await conn.execute(COUNT_SENT, owner.id)
 
     async def _insert_message(
         self,

@@ -277,6 +277,7 @@ async def queue(
                 max_hours=max_hours,
             ),
         )
+        await MailStore(pool).count_sent(conn, owner)
         if verp:
             await conn.execute(
                 "UPDATE messages SET return_path = $2 WHERE id = $1",
