@@ -84,8 +84,12 @@ DELETE FROM blobs b WHERE b.sha256 = ANY($1::bytea[])
   AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.raw_sha256 = b.sha256)
   AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.sha256 = b.sha256)
 """
+#: What only a live owner needs: auto-reply slots, rate counters, send windows
+#: and drafts (which nothing could send any more; DESIGN §7.4).
 FORGET_OWNER_COUNTERS = """
-WITH a AS (DELETE FROM auto_replies WHERE owner_id = $1)
+WITH a AS (DELETE FROM auto_replies WHERE owner_id = $1),
+     s AS (DELETE FROM send_counts WHERE owner_id = $1),
+     d AS (DELETE FROM drafts WHERE owner_id = $1)
 DELETE FROM inbound_counts WHERE owner_id = $1
 """
 #: A deleted mailbox's messages and threads, labelled ``trash`` (seed 004).

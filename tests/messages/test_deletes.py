@@ -55,6 +55,17 @@ async def test_deleting_an_inbox_purges_its_mail(
     assert len(listed) == 2
     # Accepted before the delete, ingested after it: never lands.
     await send(edge, message(inbox["email"], subject="Late"), [inbox["email"]])
+    # A draft, and a sent message waiting in the outbound queue (DESIGN §7.4).
+    draft = await http.post(
+        f"/v1/inboxes/{inbox['id']}/drafts", json={"text": "unsent"}, headers=big_tenant.headers
+    )
+    assert draft.status_code == 201, draft.text
+    queued = await http.post(
+        f"/v1/inboxes/{inbox['id']}/messages",
+        json={"to": ["ada@example.com"], "text": "queued"},
+        headers={**big_tenant.headers, "Idempotency-Key": f"purge-{inbox['id']}"},
+    )
+    assert queued.status_code == 202, queued.text
 
     deleted = await http.delete(f"/v1/inboxes/{inbox['id']}", headers=big_tenant.headers)
     assert deleted.status_code == 200, deleted.text
@@ -67,6 +78,10 @@ async def test_deleting_an_inbox_purges_its_mail(
         assert thread.status_code == 404
     owner = inbox["id"]
     assert await count(services, "SELECT count(*) FROM messages WHERE owner_id = $1", owner) == 0
+    assert await count(services, "SELECT count(*) FROM drafts WHERE owner_id = $1", owner) == 0
+    assert await count(services, "SELECT count(*) FROM deliveries WHERE owner_id = $1", owner) == 0
+    drafts = await http.get(f"/v1/drafts/{draft.json()['id']}", headers=big_tenant.headers)
+    assert drafts.status_code == 404
     assert await count(services, "SELECT count(*) FROM threads WHERE owner_id = $1", owner) == 0
     assert (
         await count(services, "SELECT count(*) FROM message_refs WHERE owner_id = $1", owner) == 0
