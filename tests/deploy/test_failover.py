@@ -171,6 +171,22 @@ class Cluster:
                     return list(json.loads(answer.read())["members"])
         return []
 
+    def wait_for_database(self, seconds: float = 30) -> None:
+        """Waits until the suite's DSN reaches a primary that has the ``mailplane``
+        database: right after bootstrap a node may still answer read-write before
+        it settles (seen once in CI: "database mailplane does not exist")."""
+        deadline = time.monotonic() + seconds
+        while True:
+            reached = subprocess.run(
+                [str(PG_BIN / "psql"), self.dsn, "-tAc", "SELECT pg_is_in_recovery()"],
+                capture_output=True,
+                text=True,
+            )
+            if reached.returncode == 0 and reached.stdout.strip() == "f":
+                return
+            assert time.monotonic() < deadline, f"no primary with the database: {reached.stderr}"
+            time.sleep(0.5)
+
     def leader(self) -> str | None:
         return next((m["name"] for m in self.members() if m["role"] == "leader"), None)
 
@@ -238,6 +254,7 @@ def cluster() -> Iterator[Cluster]:
             text=True,
         )
         assert made.returncode == 0, made.stderr
+        running.wait_for_database()
         yield running
     finally:
         running.stop()
