@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-from services.messages.models import MailboxPolicy, Owner
+from services.messages.models import MailboxPolicy, Owner, message_of
 from services.messages.outbox_store import hold_mail, release_mail
-from services.messages.store import write_event
+from services.messages.store import event_message, write_event
 
 _COLUMNS = "address, domain, kind, owner_id, account_id, pod_id, state"
 #: A pending claim: inserted, or taken over from a tombstone its own pod may
@@ -105,6 +105,19 @@ UPDATE threads SET labels = ARRAY(SELECT DISTINCT x FROM unnest(labels || '{tras
                                   ORDER BY x),
     updated_at = now()
 WHERE id IN (SELECT thread_id FROM trashed)
+"""
+#: A deleted mailbox's mail not yet handed on is not sent: its waiting deliveries
+#: are rejected and their messages fail (one being delivered right now finishes).
+STOP_OWNER_DELIVERIES = """
+WITH stopped AS (
+    UPDATE deliveries SET state = 'rejected', updated_at = now(),
+        last_reply = '550 5.7.0 Not sent: its mailbox was deleted'
+    WHERE owner_id = $1 AND state IN ('queued', 'deferred', 'held')
+    RETURNING message_id
+)
+UPDATE messages SET status = 'failed', labels = array_remove(labels, 'held'), updated_at = now()
+WHERE id IN (SELECT message_id FROM stopped)
+RETURNING *
 """
 SELECT_DOMAIN_FOR_UPDATE = "SELECT account_id, can_receive FROM domains WHERE name = $1 FOR UPDATE"
 SET_DOMAIN_OWNER = """
@@ -230,7 +243,8 @@ class DirectoryStore:
 
         Releasing all of them deletes the owner (DESIGN §7.4), in the same
         transaction: an inbox's messages, threads, attachments and blobs no
-        longer used are purged; a mailbox's threads are trashed. Idempotent.
+        longer used are purged; a mailbox's threads are trashed and its mail not
+        yet sent is not sent (``message.rejected``). Idempotent.
         """
         if address is not None:
             return int(await self._pool.fetchval(RELEASE, owner_id, address, reclaim_days))
@@ -244,6 +258,14 @@ class DirectoryStore:
                 await conn.execute(DELETE_ORPHAN_BLOBS, blobs)
             else:
                 await conn.execute(TRASH_OWNER, owner_id)
+                for row in await conn.fetch(STOP_OWNER_DELIVERIES, owner_id):
+                    stopped = message_of(row)
+                    await write_event(
+                        conn,
+                        Owner(owner_id, stopped.account_id, stopped.pod_id),
+                        "message.rejected",
+                        {"message": event_message(stopped), "reason": "mailbox_deleted"},
+                    )
             await conn.execute(FORGET_OWNER_COUNTERS, owner_id)
         return released
 

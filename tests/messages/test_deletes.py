@@ -122,20 +122,33 @@ async def test_deleting_a_mailbox_trashes_its_threads_and_keeps_them_hidden(
         await send(edge, message(mailbox["address"], subject=subject), [mailbox["address"]])
     await drain(ingest)
     await send(edge, message(mailbox["address"], subject="Late"), [mailbox["address"]])
+    # Sent, waiting in the outbound queue (no worker runs here).
+    queued = await http.post(
+        f"/v1/agent/mailboxes/{mailbox['id']}/messages",
+        json={"to": ["ada@example.com"], "subject": "Unsent"},
+        headers={**big_tenant.headers, "Idempotency-Key": f"del-{mailbox['id']}"},
+    )
+    assert queued.status_code == 202, queued.text
 
     deleted = await http.delete(f"/v1/agent/mailboxes/{mailbox['id']}", headers=big_tenant.headers)
     assert deleted.status_code == 200, deleted.text
+    states = await services.messages.pool.fetch(
+        "SELECT d.state, m.status FROM deliveries d JOIN messages m ON m.id = d.message_id"
+        " WHERE m.id = $1",
+        queued.json()["id"],
+    )
+    assert [(r["state"], r["status"]) for r in states] == [("rejected", "failed")]
     await drain(ingest)
 
     rows = await services.messages.pool.fetch(
         "SELECT subject, labels FROM threads WHERE owner_id = $1 ORDER BY subject", mailbox["id"]
     )
-    assert [r["subject"] for r in rows] == ["Late", "One", "Two"]
+    assert [r["subject"] for r in rows] == ["Late", "One", "Two", "Unsent"]
     assert all("trash" in r["labels"] for r in rows)
     messages = await services.messages.pool.fetch(
         "SELECT labels FROM messages WHERE owner_id = $1", mailbox["id"]
     )
-    assert len(messages) == 3 and all("trash" in m["labels"] for m in messages)
+    assert len(messages) == 4 and all("trash" in m["labels"] for m in messages)
     listed = (await http.get("/v1/threads", headers=big_tenant.headers)).json()["threads"]
     assert not [t for t in listed if t["mailboxId"] == mailbox["id"]]
     gone = await http.get(
