@@ -27,6 +27,7 @@ from services.chassis.errors import MailplaneError, invalid_argument
 from services.chassis.pagination import PageTokens
 from services.messages import compose, mime
 from services.messages.compose import Attachment, Composition
+from services.messages.delivery import return_path_of
 from services.messages.models import Message
 from services.messages.outbox_store import Draft, OutboxStore, SenderRow, Suppression
 from services.messages.policy import bare_address
@@ -82,13 +83,6 @@ def request_digest(method: str, request: bytes) -> bytes:
     """The SHA-256 a key is bound to: the method and the request's deterministic
     bytes (without the key)."""
     return hashlib.sha256(method.encode() + b"\0" + request).digest()
-
-
-def return_path_of(address: str, message_id: str) -> str:
-    """The envelope sender of an outbound message: VERP over sub-addressing,
-    ``local+bounce-<ulid>@domain`` (a DSN sent there names the message)."""
-    local, _, domain = address.rpartition("@")
-    return f"{local}+bounce-{message_id.removeprefix('msg_').lower()}@{domain}"
 
 
 class Outbox:
@@ -171,26 +165,37 @@ class Outbox:
         if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
             raise invalid_argument("Idempotency-Key", "must be 1-255 printable characters.")
         account_id = sender.owner.account_id
-        taken, stored_hash, response = await self._store.claim_key(
-            account_id, key, idempotency.request_sha256
-        )
-        if not taken:
-            if stored_hash != idempotency.request_sha256:
-                raise MailplaneError(
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was used for a different request; use a new key.",
-                )
-            if response is None:
-                raise MailplaneError(
-                    "idempotency_key_in_use",
-                    "A request with this Idempotency-Key is in progress; retry in a moment.",
-                )
-            raise _Replay(bytes(response))
+        await self._claim(account_id, idempotency)
         try:
             return await self._send(sender, composition, labels, idempotency, parent, forward)
         except BaseException:
             await self._store.forget_key(account_id, key)
             raise
+
+    async def _claim(self, account_id: str, idempotency: Idempotency) -> None:
+        """Takes a send's key (DESIGN §7.5).
+
+        Raises:
+            MailplaneError: ``idempotency_key_reused`` (another request used it),
+                ``idempotency_key_in_use`` (its first request is still running).
+            Replay: the key's first request finished: its response is the answer.
+        """
+        taken, stored_hash, response = await self._store.claim_key(
+            account_id, idempotency.key, idempotency.request_sha256
+        )
+        if taken:
+            return
+        if stored_hash != idempotency.request_sha256:
+            raise MailplaneError(
+                "idempotency_key_reused",
+                "This Idempotency-Key was used for a different request; use a new key.",
+            )
+        if response is None:
+            raise MailplaneError(
+                "idempotency_key_in_use",
+                "A request with this Idempotency-Key is in progress; retry in a moment.",
+            )
+        raise _Replay(bytes(response))
 
     async def _send(
         self,
@@ -289,20 +294,7 @@ class Outbox:
                 "message_too_large", f"The message is larger than {self._limits.max_bytes} bytes."
             )
         await self.check_recipients(sender, recipients)
-        taken, stored_hash, response = await self._store.claim_key(
-            sender.owner.account_id, idempotency.key, idempotency.request_sha256
-        )
-        if not taken:
-            if stored_hash != idempotency.request_sha256:
-                raise MailplaneError(
-                    "idempotency_key_reused",
-                    "This Message-ID was already sent with other content; give it a new one.",
-                )
-            if response is None:
-                raise MailplaneError(
-                    "idempotency_key_in_use", "This message is being sent; retry in a moment."
-                )
-            raise _Replay(bytes(response))
+        await self._claim(sender.owner.account_id, idempotency)
         try:
             parsed = mime.parse(raw)
             message_id = ids.new_id("msg")
